@@ -1,0 +1,237 @@
+"""The ingest job's driver: discover -> plan (stage 1) -> units (stage 2) -> one commit per table.
+
+Every slide is judged on its own: a slide whose plan or any unit failed, or whose spots and
+expression rows do not match, is written to ``rejects`` and its files are deleted; the other slides
+land. Re-ingesting a slide replaces its rows in every table in the same commit that adds the new ones.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import SparkSession
+
+from stlake import genes, schemas, tables
+from stlake.discover import discover
+from stlake.options import IngestOptions
+from stlake.plan import SlidePlan, plan_slide
+from stlake.records import SlideRef
+from stlake.units import UnitResult, run_unit
+
+# Commit order: the slides row is the last thing to land for a slide.
+COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "rejects")
+
+
+@dataclass
+class SlideOutcome:
+    """The driver's verdict on one slide after stage 2."""
+
+    plan: SlidePlan
+    results: list[UnitResult] = field(default_factory=list)
+    error: tuple[str, str, str] | None = None  # (stage, reason, detail)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def slide_id(self) -> str:
+        return self.plan.ref.slide_id
+
+
+@dataclass
+class IngestReport:
+    """What a run did; printed as JSON by the CLI."""
+
+    run_id: str
+    landed: list[str]
+    rejected: dict[str, str]  # slide -> reason
+    rows: dict[str, int]  # table -> rows written by this run
+    versions: dict[str, int]  # table -> version after the run
+    tasks: dict[str, int]  # stage -> number of Spark tasks
+    peak_decoded_bytes: dict[str, int]  # slide -> largest decoded image region held by one task
+    seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+# ---------------------------------------------------------------- Spark stages
+
+def plan_slides(spark: SparkSession, refs: list[SlideRef], options: IngestOptions) -> list[SlidePlan]:
+    """Stage 1: one task per slide."""
+    if not refs:
+        return []
+    rdd = spark.sparkContext.parallelize(refs, len(refs))
+    return rdd.map(lambda ref: plan_slide(ref, options)).collect()
+
+
+def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: str) -> list[UnitResult]:
+    """Stage 2: one task per unit (tile regions and expression chunks of every slide)."""
+    units = [unit for plan in plans if plan.error is None for unit in plan.units]
+    if not units:
+        return []
+    rdd = spark.sparkContext.parallelize(units, len(units))
+    return rdd.map(lambda unit: run_unit(unit, lake, run_id)).collect()
+
+
+# ---------------------------------------------------------------- judging slides
+
+def _first(values: Iterable[str], n: int = 5) -> str:
+    values = list(values)
+    return ", ".join(values[:n]) + (f" (+{len(values) - n} more)" if len(values) > n else "")
+
+
+def check_expression_coverage(outcome: SlideOutcome) -> None:
+    """Every tiled spot has exactly one expression row; otherwise the slide is rejected."""
+    written = [r.spot_ids for r in outcome.results if r.kind == "expression" and r.spot_ids is not None]
+    spot_ids = np.concatenate(written) if written else np.zeros(0, dtype=object)
+    unique, counts = np.unique(spot_ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        outcome.error = ("expression", "duplicate_spot_ids",
+                         f"spot ids with more than one expression row: {_first(unique[counts > 1])}")
+        return
+    expected = outcome.plan.record.spots.spot_id.astype(str)
+    missing = np.setdiff1d(expected, unique)
+    if len(missing):
+        outcome.error = ("expression", "spots_without_expression",
+                         f"{len(missing)} of {len(expected)} spots have no expression row: {_first(missing)}")
+
+
+def collect_warnings(outcome: SlideOutcome) -> None:
+    """Things that did not sink the slide but a user should see in ``rejects``."""
+    outcome.warnings.extend(outcome.plan.warnings)
+    dropped = [s for r in outcome.results for s in r.dropped_spots]
+    if dropped:
+        outcome.warnings.append(("border_spots_dropped", f"{len(dropped)} spots too close to the image border "
+                                                         f"were dropped: {_first(dropped)}"))
+    unknown = sum(r.unknown_rows for r in outcome.results)
+    if unknown:
+        outcome.warnings.append(("expression_rows_without_spot", f"{unknown} expression rows name spots that are "
+                                                                 "not in the coordinates (or not in tissue)"))
+
+
+def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcome]:
+    """Group unit results by slide and decide which slides land."""
+    by_slide: dict[str, list[UnitResult]] = defaultdict(list)
+    for result in results:
+        by_slide[result.slide_id].append(result)
+    outcomes = []
+    for plan in plans:
+        outcome = SlideOutcome(plan, by_slide.get(plan.ref.slide_id, []), error=plan.error)
+        failed = [r for r in outcome.results if r.error]
+        if outcome.error is None and failed:
+            outcome.error = (failed[0].kind, *failed[0].error)
+        if outcome.error is None:
+            check_expression_coverage(outcome)
+        if outcome.error is None:
+            collect_warnings(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+# ---------------------------------------------------------------- driver-side rows
+
+def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: datetime) -> dict:
+    plan, record = outcome.plan, outcome.plan.record
+    tiles = [r for r in outcome.results if r.kind == "tiles"]
+    expr = [r for r in outcome.results if r.kind == "expression"]
+    detected = np.unique(np.concatenate([r.detected_gene_ids for r in expr])) if expr else []
+    meta = dict(plan.ref.meta)
+    return {
+        "slide_id": plan.ref.slide_id, "technology": plan.ref.technology, "layout": plan.ref.layout,
+        "species": plan.ref.species, "tissue": plan.ref.tissue,
+        "source_uri": plan.ref.paths.get("root") or plan.ref.paths.get("counts") or record.image_uri,
+        "image_uri": record.image_uri, "image_format": plan.image.format,
+        "image_width": plan.image.width, "image_height": plan.image.height,
+        "image_source": record.image_source, "coord_scale": record.coord_scale,
+        "spot_diameter_px": float(record.spot_diameter_px), "microns_per_pixel": record.microns_per_pixel,
+        "tile_size_px": plan.tile_size_px, "tile_resize_px": options.resize_px,
+        "n_spots": sum(r.rows for r in tiles), "n_spots_dropped": sum(len(r.dropped_spots) for r in tiles),
+        "n_genes": len(detected), "total_counts": sum(r.total_counts for r in expr),
+        "meta_json": json.dumps(meta, sort_keys=True), "run_id": run_id, "ingested_at": now,
+    }
+
+
+def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> list[dict]:
+    rows = []
+    for outcome in outcomes:
+        source = outcome.plan.ref.paths.get("root") or next(iter(outcome.plan.ref.paths.values()), None)
+        base = {"run_id": run_id, "slide_id": outcome.slide_id, "source_uri": source, "rejected_at": now}
+        if outcome.error:
+            stage, reason, detail = outcome.error
+            rows.append({**base, "stage": stage, "severity": "error", "reason": reason, "detail": detail})
+        rows.extend({**base, "stage": "read", "severity": "warning", "reason": reason, "detail": detail}
+                    for reason, detail in outcome.warnings)
+    return rows
+
+
+# ---------------------------------------------------------------- commit
+
+def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFile]]:
+    grouped: dict[str, list[tables.DataFile]] = defaultdict(list)
+    for outcome in outcomes:
+        for result in outcome.results:
+            for data_file in result.files:
+                grouped[data_file.table].append(data_file)
+    return grouped
+
+
+def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, run_id: str) -> dict[str, int]:
+    """Delete the files of rejected slides, then commit every table once, in ``COMMIT_ORDER``."""
+    now = datetime.now(timezone.utc)
+    landed = [o for o in outcomes if o.error is None]
+    for outcome in outcomes:
+        if outcome.error is not None:
+            tables.discard(lake, (f for r in outcome.results for f in r.files))
+    landed_ids = {o.slide_id for o in landed}
+    grouped = files_by_table(landed)
+    if landed:
+        slides = pa.Table.from_pylist([slide_row(o, options, run_id, now) for o in landed], schemas.SLIDES)
+        grouped["slides"] = tables.write_data_files(lake, "slides", slides, f"{run_id}-slides")
+    rejects = reject_rows(outcomes, run_id, now)
+    if rejects:
+        grouped["rejects"] = tables.write_data_files(lake, "rejects", pa.Table.from_pylist(rejects, schemas.REJECTS),
+                                                     f"{run_id}-rejects")
+    versions = {}
+    new_genes = [o.plan.gene_rows for o in landed if o.plan.gene_rows is not None]
+    if new_genes:
+        versions["genes"] = tables.overwrite_small_table(lake, "genes",
+                                                         lambda current: genes.merge_gene_rows(current, new_genes),
+                                                         run_id)
+    for name in COMMIT_ORDER[1:]:
+        replace = () if name == "rejects" else landed_ids
+        if grouped.get(name) or (replace and tables.open_table(lake, name) is not None):
+            versions[name] = tables.commit(lake, name, grouped.get(name, []), replace, run_id)
+    return versions
+
+
+# ---------------------------------------------------------------- the job
+
+def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None) -> IngestReport:
+    """Run the whole ingest job; returns what landed, what was rejected and why."""
+    started, run_id = time.time(), run_id or new_run_id()
+    refs = discover(options.source, options.layouts)
+    plans = plan_slides(spark, refs, options)
+    results = run_units(spark, plans, options.lake, run_id)
+    outcomes = judge(plans, results)
+    versions = commit_run(options.lake, outcomes, options, run_id)
+    landed = [o for o in outcomes if o.error is None]
+    rows = defaultdict(int)
+    for data_file in (f for o in landed for r in o.results for f in r.files):
+        rows[data_file.table] += data_file.num_records
+    return IngestReport(
+        run_id=run_id, landed=sorted(o.slide_id for o in landed),
+        rejected={o.slide_id: o.error[1] for o in outcomes if o.error is not None},
+        rows=dict(rows), versions=versions,
+        tasks={"plan": len(refs), "units": len(results)},
+        peak_decoded_bytes={o.slide_id: max([r.peak_decoded_bytes for r in o.results] or [0]) for o in landed},
+        seconds=round(time.time() - started, 2))

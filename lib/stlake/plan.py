@@ -1,0 +1,133 @@
+"""Stage 1, one Spark task per slide: read a slide's small inputs and split its work into units.
+
+A unit is either a region of the image to tile (``TileUnit``) or a part of the expression matrix
+(``ExprUnit``). Nothing big is read here: coordinates, image headers, matrix headers.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import pyarrow as pa
+
+from stlake import expression, genes, imageio, tiling
+from stlake.options import IngestOptions
+from stlake.readers import ReaderOptions, read_slide
+from stlake.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """Cut the tiles of ``spots`` (a region of one slide's image)."""
+
+    slide_id: str
+    technology: str
+    image_uri: str
+    spots: Spots
+    spec: tiling.TileSpec
+    budget: int
+    annotation_uri: Optional[str]
+    index: int
+
+
+@dataclass(frozen=True)
+class ExprUnit:
+    """Turn one chunk of a slide's expression matrix into sparse rows."""
+
+    slide_id: str
+    technology: str
+    source: ExpressionSource
+    plan: expression.ExprPlan
+    chunk: expression.ExprChunk
+    gene_ids: np.ndarray  # global gene id per source column, -1 = dropped
+    spot_ids: np.ndarray  # the slide's spots; rows of other ids are not kept
+    index: int
+
+
+Unit = Union[TileUnit, ExprUnit]
+
+
+@dataclass
+class SlidePlan:
+    """A slide ready for stage 2, or the reason it cannot be ingested."""
+
+    ref: SlideRef
+    record: Optional[SlideRecord] = None
+    image: Optional[imageio.ImageInfo] = None
+    tile_size_px: int = 0
+    gene_rows: Optional[pa.Table] = None
+    units: list[Unit] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    error: Optional[tuple[str, str, str]] = None  # (stage, reason, detail)
+
+
+def check_coords_inside(spots: Spots, image: imageio.ImageInfo) -> None:
+    """Every spot centre must lie inside the image."""
+    outside = (spots.x < 0) | (spots.y < 0) | (spots.x >= image.width) | (spots.y >= image.height)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        raise SlideError("coords_outside_image",
+                         f"{int(outside.sum())} of {len(spots)} spot centres lie outside the "
+                         f"{image.width}x{image.height} image, e.g. spot {spots.spot_id[first]} at "
+                         f"(x={spots.x[first]:.1f}, y={spots.y[first]:.1f})")
+
+
+def tile_size(record: SlideRecord, options: IngestOptions) -> int:
+    """Side of the cut square in image pixels: explicit px, else µm, else the spot diameter."""
+    if options.tile_px:
+        return int(options.tile_px)
+    if options.tile_um:
+        if not record.microns_per_pixel:
+            raise SlideError("unknown_scale", "--tile-um needs microns per pixel, which this slide does not give")
+        return max(1, int(round(options.tile_um / record.microns_per_pixel)))
+    return max(1, int(round(record.spot_diameter_px)))
+
+
+def tile_units(record: SlideRecord, image: imageio.ImageInfo, size: int, options: IngestOptions) -> list[TileUnit]:
+    """One unit per image region; random-access images split into bands, sequential codecs stay whole."""
+    spec = tiling.TileSpec(size_px=size, resize_px=options.resize_px, border=options.border,
+                           encoding=options.encoding, quality=options.quality)
+    if image.random_access:
+        groups = tiling.split_spots_into_regions(record.spots.y, size, image.width, image.height,
+                                                 options.memory_budget, options.max_spots_per_task)
+    else:
+        groups = [np.arange(len(record.spots))]
+    annotation = record.ref.paths.get("annotation")
+    return [TileUnit(record.ref.slide_id, record.ref.technology, record.image_uri, record.spots.take(group),
+                     spec, options.memory_budget, annotation, index)
+            for index, group in enumerate(groups) if len(group)]
+
+
+def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[ExprUnit], genes.GeneMap]:
+    """One unit per chunk of the matrix, with the slide's columns mapped onto global gene ids."""
+    plan = expression.plan_expression(record.expression, options.expr_chunk_bytes)
+    gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
+    units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, plan, chunk,
+                      gene_map.gene_ids, record.spots.spot_id, index)
+             for index, chunk in enumerate(plan.chunks)]
+    return units, gene_map
+
+
+def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
+    """Read one slide's coordinates and headers and cut its work into units; never raises."""
+    result = SlidePlan(ref=ref)
+    try:
+        record = read_slide(ref, ReaderOptions(in_tissue_only=options.in_tissue_only,
+                                               bin_size_um=options.bin_size_um))
+        if len(record.spots) == 0:
+            raise SlideError("no_spots", "the slide has no (in-tissue) spots")
+        image = imageio.probe_image(record.image_uri)
+        check_coords_inside(record.spots, image)
+        size = tile_size(record, options)
+        expr_units, gene_map = expression_units(record, options)
+        result.record, result.image, result.tile_size_px = record, image, size
+        result.gene_rows = gene_map.rows
+        result.units = [*tile_units(record, image, size, options), *expr_units]
+        result.warnings = [*record.warnings, *gene_map.collisions]
+    except SlideError as error:
+        result.error = ("read", error.reason, error.detail)
+    except Exception as error:  # a bug or an unexpected file must not sink the other slides
+        result.error = ("read", "internal_error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+    return result

@@ -1,0 +1,101 @@
+"""The records that flow through the pipeline: what discovery finds, what a reader returns.
+
+Data flows one way: ``SlideRef`` (discovery, cheap) -> ``SlideRecord`` (a reader, per slide) ->
+work units (planner) -> Parquet files + Delta add actions (Spark tasks) -> one commit per table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+LAYOUTS = ("stimage", "visium", "visiumhd", "st")
+TECHNOLOGIES = ("ST", "Visium", "VisiumHD")
+
+
+class SlideError(Exception):
+    """Bad input that makes one slide unusable; the slide is written to ``rejects`` and skipped.
+
+    ``reason`` is a short machine-friendly code (e.g. ``image_unreadable``, ``coords_outside_image``,
+    ``spots_without_expression``, ``non_integer_counts``, ``negative_counts``, ``duplicate_spot_ids``),
+    ``detail`` a human sentence saying what exactly was wrong and where.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """One slide as found by a manifest or a scan: ids and paths only, nothing read yet.
+
+    ``paths`` maps a role to a local path or ``s3://`` URI. Roles by layout:
+    stimage: image, coords, counts, annotation (optional)
+    visium: root, positions, scalefactors, matrix_h5 | matrix_dir, image (optional full-res), hires_image
+    visiumhd: root, bin_dir, positions, scalefactors, matrix_h5, image (optional full-res), hires_image
+    st: counts, spot_detector, image
+    """
+
+    slide_id: str
+    layout: str
+    technology: str
+    paths: dict[str, str]
+    species: Optional[str] = None
+    tissue: Optional[str] = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Spots:
+    """Spots of one slide as parallel numpy arrays, coordinates in pixels of the image that is tiled."""
+
+    spot_id: np.ndarray  # str (object) array, unique within the slide
+    x: np.ndarray  # float64, column of the spot centre
+    y: np.ndarray  # float64, row of the spot centre
+    in_tissue: np.ndarray  # bool
+    array_row: np.ndarray  # int32, -1 when unknown
+    array_col: np.ndarray  # int32, -1 when unknown
+    label: np.ndarray  # object array of str or None (pathologist annotation)
+
+    def __len__(self) -> int:
+        return len(self.spot_id)
+
+    def take(self, index: np.ndarray) -> "Spots":
+        """The spots at ``index`` (int positions or bool mask), same order."""
+        return Spots(*(getattr(self, name)[index] for name in SPOT_FIELDS))
+
+
+SPOT_FIELDS = ("spot_id", "x", "y", "in_tissue", "array_row", "array_col", "label")
+
+
+@dataclass(frozen=True)
+class ExpressionSource:
+    """Where a slide's counts live and how to read them.
+
+    kind: ``dense_csv`` (rows = spots, first column = spot id, header = genes; ``sep`` option),
+    ``tenx_h5`` (10x HDF5 CSC matrix), ``tenx_mtx`` (10x matrix folder), ``st_tsv`` (legacy ST counts,
+    rows = ``{x}x{y}`` spots, optionally gzipped). Row ids of the source are the ``spot_id`` values of
+    ``Spots``.
+    """
+
+    kind: str
+    uri: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SlideRecord:
+    """Everything needed to process one slide, as returned by a reader."""
+
+    ref: SlideRef
+    image_uri: str
+    spots: Spots
+    spot_diameter_px: float  # in pixels of the image that is tiled
+    expression: ExpressionSource
+    microns_per_pixel: Optional[float] = None
+    coord_scale: float = 1.0  # factor applied to full-res coordinates (e.g. tissue_hires_scalef)
+    image_source: str = "fullres"  # "fullres" or "hires"
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail), go to rejects

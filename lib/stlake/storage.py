@@ -1,0 +1,157 @@
+"""Paths that are local files or ``s3://bucket/key`` URIs, read and written the same way.
+
+Executors read and write S3 themselves through pyarrow's S3 filesystem (no Spark ``s3a`` jars).
+Credentials come from the standard AWS chain; ``AWS_ENDPOINT_URL`` points at an S3-compatible store.
+Nothing here logs or returns secrets except to the libraries that need them.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from functools import lru_cache
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://`` / ``s3a://`` URIs."""
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def normalize(uri: str) -> str:
+    """``s3a://`` -> ``s3://``; local paths made absolute; trailing slashes dropped."""
+    if is_s3(uri):
+        return "s3://" + uri.split("://", 1)[1].rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri)).rstrip("/") or "/"
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI."""
+    if is_s3(uri):
+        return posixpath.join(uri, *parts)
+    return os.path.join(uri, *parts)
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def _endpoint() -> tuple[str | None, str]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return None, "https"
+    parsed = urlparse(endpoint)
+    return parsed.netloc or parsed.path, parsed.scheme or "https"
+
+
+@lru_cache(maxsize=4)
+def _s3_filesystem(endpoint: str | None, scheme: str, region: str | None, key_id: str | None) -> pafs.S3FileSystem:
+    kwargs: dict = {"scheme": scheme, "region": region or "us-east-1"}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if key_id:
+        kwargs["access_key"] = key_id
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path to use with it."""
+    if is_s3(uri):
+        endpoint, scheme = _endpoint()
+        fs = _s3_filesystem(endpoint, scheme, os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                            os.environ.get("AWS_ACCESS_KEY_ID"))
+        return fs, uri.split("://", 1)[1]
+    return pafs.LocalFileSystem(), normalize(uri)
+
+
+def open_input(uri: str) -> BinaryIO:
+    """A seekable binary file for reading (random access on S3 via ranged GETs)."""
+    if not is_s3(uri):
+        return open(uri, "rb")
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
+
+
+def open_output(uri: str) -> BinaryIO:
+    """A binary stream for writing a whole new object/file."""
+    fs, path = filesystem(uri)
+    if not is_s3(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return fs.open_output_stream(path)
+
+
+def read_bytes(uri: str, start: int = 0, length: int | None = None) -> bytes:
+    """Bytes ``[start, start+length)`` of a file (to the end when ``length`` is None)."""
+    with open_input(uri) as handle:
+        handle.seek(start)
+        return handle.read() if length is None else handle.read(length)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with open_output(uri) as handle:
+        handle.write(data)
+
+
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).size
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names (not paths) of the entries directly under ``uri``, sorted; empty if it does not exist."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(info.path) for info in infos)
+
+
+def delete(uri: str) -> None:
+    """Delete one file; missing files are ignored."""
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def local_copy_needed(uri: str) -> bool:
+    """True when a library needs a real local file (e.g. h5py without fsspec) and ``uri`` is remote."""
+    return is_s3(uri)
+
+
+def delta_storage_options() -> dict[str, str]:
+    """Storage options for delta-rs, taken from the environment (never hard-coded).
+
+    On AWS nothing is needed (instance role / profile). With ``AWS_ENDPOINT_URL`` (an S3-compatible
+    store) the endpoint and, for ``http://``, ``AWS_ALLOW_HTTP`` are passed. Commits use S3 conditional
+    writes (``If-None-Match``), so no lock table is needed and unsafe rename is never enabled.
+    """
+    options: dict[str, str] = {}
+    for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        if os.environ.get(name):
+            options[name] = os.environ[name]
+    if "AWS_REGION" not in options:
+        options["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    return options
+
+
+def table_uri(uri: str) -> str:
+    """A table location as delta-rs wants it: absolute local path or ``s3://``."""
+    return normalize(uri)

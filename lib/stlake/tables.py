@@ -1,0 +1,271 @@
+"""Delta tables without Delta's JVM jars: Parquet files from the tasks, one delta-rs commit per table.
+
+Tasks write Parquet data files with pyarrow straight into the table location (local or S3) and hand
+back ``DataFile`` records (path, size, statistics). The driver commits each table's files in one
+transaction with delta-rs; files of slides that are ingested again are removed in the same commit, so
+a repeated run replaces rows instead of duplicating them. A commit that loses a race with another
+writer is rebuilt from the new snapshot and retried.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+from stlake import schemas, storage
+
+MAX_COMMIT_ATTEMPTS = 20
+_STATS_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written into a table's folder, not yet committed."""
+
+    table: str
+    path: str  # relative to the table root
+    size: int
+    num_records: int
+    stats: str  # Delta statistics JSON
+    modification_time: int  # ms since epoch
+    slide_id: Optional[str]  # the one slide whose rows the file holds, None if several
+
+    def add_action(self) -> AddAction:
+        return AddAction(self.path, self.size, {}, self.modification_time, True, self.stats)
+
+
+def table_uri(lake: str, table: str) -> str:
+    return storage.join(storage.normalize(lake), table)
+
+
+# ---------------------------------------------------------------- writing data files
+
+def _stat_value(value):
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def file_stats(table: pa.Table) -> str:
+    """Delta ``stats`` JSON: record count and min/max/null counts of the scalar columns."""
+    mins, maxs, nulls = {}, {}, {}
+    for name, column in zip(table.column_names, table.columns):
+        if not any(check(column.type) for check in _STATS_TYPES) and not pa.types.is_boolean(column.type):
+            continue
+        nulls[name] = column.null_count
+        if pa.types.is_boolean(column.type) or column.null_count == len(column):
+            continue
+        bounds = pc.min_max(column).as_py()
+        low, high = _stat_value(bounds["min"]), _stat_value(bounds["max"])
+        if low is not None and high is not None:
+            mins[name], maxs[name] = low, high
+    return json.dumps({"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+
+
+def rows_per_group(table_name: str, table: pa.Table) -> int:
+    """Rows per Parquet row group so one group holds about the table's target bytes."""
+    target = schemas.ROW_GROUP_BYTES.get(table_name)
+    if not target or table.num_rows == 0:
+        return max(table.num_rows, 1)
+    per_row = max(table.nbytes / table.num_rows, 1.0)
+    return max(64, int(target / per_row))
+
+
+def _single_slide(table: pa.Table) -> Optional[str]:
+    if "slide_id" not in table.column_names or table.num_rows == 0:
+        return None
+    distinct = pc.unique(table.column("slide_id"))
+    return distinct[0].as_py() if len(distinct) == 1 else None
+
+
+def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str) -> DataFile:
+    """Write ``table`` as one Parquet file under the table folder; returns its uncommitted record."""
+    table = table.cast(schemas.TABLES[table_name])
+    name = f"part-{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
+    uri = storage.join(table_uri(lake, table_name), name)
+    with storage.open_output(uri) as sink:
+        pq.write_table(table, sink, compression="zstd", row_group_size=rows_per_group(table_name, table),
+                       use_dictionary=[c for c in table.column_names if c not in ("tile",)],
+                       write_statistics=True)
+    return DataFile(table_name, name, storage.size(uri), table.num_rows, file_stats(table),
+                    int(time.time() * 1000), _single_slide(table))
+
+
+def write_data_files(lake: str, table_name: str, table: pa.Table, tag: str) -> list[DataFile]:
+    """Write ``table`` as files of at most ``schemas.FILE_BYTES`` each (one file for small tables)."""
+    if table.num_rows == 0:
+        return []
+    per_row = max(table.nbytes / table.num_rows, 1.0)
+    step = max(1, int(schemas.FILE_BYTES / per_row))
+    return [write_data_file(lake, table_name, table.slice(start, step), f"{tag}-{start // step:03d}")
+            for start in range(0, table.num_rows, step)]
+
+
+def discard(lake: str, files: Iterable[DataFile]) -> None:
+    """Delete uncommitted files (e.g. those of a rejected slide)."""
+    for data_file in files:
+        storage.delete(storage.join(table_uri(lake, data_file.table), data_file.path))
+
+
+# ---------------------------------------------------------------- reading snapshots
+
+def open_table(lake: str, table_name: str) -> Optional[DeltaTable]:
+    """The table's current snapshot, or None when it does not exist yet."""
+    try:
+        return DeltaTable(table_uri(lake, table_name), storage_options=storage.delta_storage_options())
+    except TableNotFoundError:
+        return None
+
+
+def active_files(lake: str, table_name: str) -> list[str]:
+    """Absolute URIs of the data files in the current snapshot (never a directory listing)."""
+    table = open_table(lake, table_name)
+    return [] if table is None else _normalize_file_uris(table.file_uris())
+
+
+def _normalize_file_uris(uris: list[str]) -> list[str]:
+    return [uri[len("file://"):] if uri.startswith("file://") else uri for uri in uris]
+
+
+def read_table(lake: str, table_name: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """The table's current snapshot as a pyarrow Table (empty with the schema when absent)."""
+    table = open_table(lake, table_name)
+    schema = schemas.TABLES[table_name]
+    if table is None:
+        return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
+    return pa.table(table.to_pyarrow_table(columns=columns))
+
+
+def add_actions(table: DeltaTable) -> pa.Table:
+    """The snapshot's add actions with flattened statistics, as a pyarrow Table."""
+    return pa.table(table.get_add_actions(flatten=True))
+
+
+# ---------------------------------------------------------------- committing
+
+def _removal(path: str, size: int) -> RemoveAction:
+    return RemoveAction(path, True, int(time.time() * 1000), size, {})
+
+
+def _files_of_slides(table: DeltaTable, slide_ids: set[str]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Files holding only rows of ``slide_ids`` (remove them) and mixed files to rewrite."""
+    actions = add_actions(table)
+    if not slide_ids or actions.num_rows == 0 or "min.slide_id" not in actions.column_names:
+        return [], []
+    whole, mixed = [], []
+    for path, size, low, high in zip(*(actions.column(c).to_pylist() for c in
+                                       ("path", "size_bytes", "min.slide_id", "max.slide_id"))):
+        if low is not None and low == high and low in slide_ids:
+            whole.append((path, size))
+        elif low is not None and any(low <= slide <= high for slide in slide_ids):
+            mixed.append((path, size))
+    return whole, mixed
+
+
+def _rewrite_without(lake: str, table_name: str, path: str, slide_ids: set[str]) -> list[DataFile]:
+    """Copy a file holding several slides without the rows of ``slide_ids``."""
+    uri = storage.join(table_uri(lake, table_name), path)
+    fs, fs_path = storage.filesystem(uri)
+    rows = pq.read_table(fs_path, filesystem=fs)
+    keep = rows.filter(pc.invert(pc.is_in(rows.column("slide_id"), value_set=pa.array(sorted(slide_ids)))))
+    return write_data_files(lake, table_name, keep, f"rewrite-{uuid.uuid4().hex[:8]}") if keep.num_rows else []
+
+
+def _create(lake: str, table_name: str, files: list[DataFile], props: CommitProperties) -> int:
+    create_table_with_add_actions(table_uri(lake, table_name), Schema.from_arrow(schemas.TABLES[table_name]),
+                                  [f.add_action() for f in files], mode="error", name=table_name,
+                                  storage_options=storage.delta_storage_options(), commit_properties=props)
+    return 0
+
+
+def _append(table: DeltaTable, table_name: str, adds: list[DataFile], removes: list[tuple[str, int]],
+            props: CommitProperties) -> int:
+    actions = [f.add_action() for f in adds] + [_removal(path, size) for path, size in removes]
+    if actions:
+        table.create_write_transaction(actions, "append", schemas.TABLES[table_name], commit_properties=props)
+        return table.version() + 1
+    return table.version()
+
+
+def _retryable(error: Exception) -> bool:
+    """A lost race: another writer committed first (or created the table first)."""
+    return isinstance(error, CommitFailedError) or "already exists" in str(error).lower()
+
+
+def _with_retries(table_name: str, attempt_commit) -> int:
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
+        try:
+            return attempt_commit(attempt)
+        except Exception as error:
+            if not _retryable(error):
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+    raise CommitFailedError(f"{table_name}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
+
+
+def _properties(run_id: str, operation: str) -> CommitProperties:
+    return CommitProperties(custom_metadata={"stlake.run_id": run_id, "stlake.operation": operation},
+                            max_commit_retries=0)
+
+
+def commit(lake: str, table_name: str, files: list[DataFile], replace_slides: Iterable[str] = (),
+           run_id: str = "", operation: str = "ingest") -> int:
+    """Commit ``files`` to a table in one transaction, replacing the rows of ``replace_slides``.
+
+    Returns the new table version. A lost race is rebuilt on the new snapshot and retried.
+    """
+    replace, props = set(replace_slides), _properties(run_id, operation)
+
+    def attempt_commit(attempt: int) -> int:
+        table = open_table(lake, table_name)
+        if table is None:
+            return _create(lake, table_name, files, props)
+        whole, mixed = _files_of_slides(table, replace)
+        rewritten = [new for path, _ in mixed for new in _rewrite_without(lake, table_name, path, replace)]
+        try:
+            return _append(table, table_name, files + rewritten, whole + mixed, props)
+        except Exception:
+            discard(lake, rewritten)
+            raise
+
+    return _with_retries(table_name, attempt_commit)
+
+
+def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[pa.Table]], pa.Table],
+                          run_id: str = "") -> int:
+    """Replace a small table by ``build(current_rows)`` in one commit, retried on conflicts.
+
+    Used for ``genes``: every writer merges its genes into the current snapshot and rewrites it.
+    """
+    props = _properties(run_id, "merge")
+
+    def attempt_commit(attempt: int) -> int:
+        table = open_table(lake, table_name)
+        current = None if table is None else pa.table(table.to_pyarrow_table())
+        merged = build(current)
+        if current is not None and merged.equals(current.cast(merged.schema)):
+            return table.version()
+        files = write_data_files(lake, table_name, merged, f"{run_id or 'merge'}-{attempt}")
+        try:
+            if table is None:
+                return _create(lake, table_name, files, props)
+            removes = list(zip(*(add_actions(table).column(c).to_pylist() for c in ("path", "size_bytes"))))
+            return _append(table, table_name, files, removes, props)
+        except Exception:
+            discard(lake, files)
+            raise
+
+    return _with_retries(table_name, attempt_commit)

@@ -1,0 +1,138 @@
+"""Stage 2, one Spark task per unit: cut tiles or convert expression, write Parquet into the lake.
+
+A unit returns only small metadata (the files it wrote, what it saw); rows go straight to storage.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from stlake import expression, genes, imageio, schemas, tables, tiling
+from stlake.plan import ExprUnit, TileUnit, Unit
+
+
+@dataclass
+class UnitResult:
+    """What one unit did. ``error`` = (reason, detail) rejects the whole slide."""
+
+    slide_id: str
+    kind: str  # "tiles" | "expression"
+    files: list[tables.DataFile] = field(default_factory=list)
+    rows: int = 0
+    error: Optional[tuple[str, str]] = None
+    dropped_spots: list[str] = field(default_factory=list)  # tiles: border spots dropped
+    padded_spots: int = 0
+    peak_decoded_bytes: int = 0
+    spot_ids: Optional[np.ndarray] = None  # expression: spots that got a row
+    unknown_rows: int = 0  # expression: rows whose spot is not among the slide's spots
+    detected_gene_ids: Optional[np.ndarray] = None
+    total_counts: int = 0
+
+
+def _tag(unit: Unit, run_id: str) -> str:
+    return f"{run_id}-{unit.slide_id}-{type(unit).__name__[0].lower()}{unit.index:04d}"
+
+
+def spot_rows(unit: TileUnit, tiles: list[tiling.Tile], run_id: str) -> pa.Table:
+    """The ``spots`` rows of a unit's tiles."""
+    index = np.array([tile.index for tile in tiles], dtype=np.int64)
+    spots = unit.spots.take(index) if len(index) else unit.spots.take(np.zeros(0, dtype=np.int64))
+    n = len(tiles)
+    return pa.table({
+        "slide_id": [unit.slide_id] * n,
+        "spot_id": spots.spot_id.astype(str),
+        "technology": [unit.technology] * n,
+        "x": spots.x.astype(np.float64), "y": spots.y.astype(np.float64),
+        "in_tissue": spots.in_tissue.astype(bool),
+        "array_row": spots.array_row.astype(np.int32), "array_col": spots.array_col.astype(np.int32),
+        "label": pa.array(list(spots.label), type=pa.string()),
+        "tile": pa.array([tile.data for tile in tiles], type=pa.binary()),
+        "tile_format": [unit.spec.encoding] * n,
+        "tile_width": pa.array([tile.width for tile in tiles], pa.int32()),
+        "tile_height": pa.array([tile.height for tile in tiles], pa.int32()),
+        "tile_x0": pa.array([tile.x0 for tile in tiles], pa.int32()),
+        "tile_y0": pa.array([tile.y0 for tile in tiles], pa.int32()),
+        "tile_size_px": pa.array([unit.spec.size_px] * n, pa.int32()),
+        "padded": pa.array([tile.padded for tile in tiles], pa.bool_()),
+        "tissue_fraction": pa.array([tile.tissue_fraction for tile in tiles], pa.float32()),
+        "run_id": [run_id] * n,
+    }, schema=schemas.SPOTS)
+
+
+def annotation_rows(unit: TileUnit, run_id: str) -> pa.Table:
+    """``annotations`` rows for the unit's labelled spots."""
+    labelled = np.array([label is not None for label in unit.spots.label], dtype=bool)
+    spots = unit.spots.take(labelled)
+    n = len(spots)
+    return pa.table({"slide_id": [unit.slide_id] * n, "spot_id": spots.spot_id.astype(str),
+                     "label": pa.array(list(spots.label), pa.string()),
+                     "source_uri": [unit.annotation_uri] * n, "run_id": [run_id] * n},
+                    schema=schemas.ANNOTATIONS)
+
+
+def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
+    """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows."""
+    with imageio.open_region_reader(unit.image_uri, unit.budget) as reader:
+        tiles, dropped = tiling.cut_tiles(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget)
+        peak = reader.peak_decoded_bytes
+    tag = _tag(unit, run_id)
+    files = tables.write_data_files(lake, "spots", spot_rows(unit, tiles, run_id), tag)
+    files += tables.write_data_files(lake, "annotations", annotation_rows(unit, run_id), tag)
+    return UnitResult(unit.slide_id, "tiles", files, rows=len(tiles),
+                      dropped_spots=[str(s) for s in unit.spots.spot_id[np.asarray(dropped, dtype=np.int64)]],
+                      padded_spots=sum(tile.padded for tile in tiles), peak_decoded_bytes=peak)
+
+
+def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, run_id: str) -> tuple[pa.Table, np.ndarray]:
+    """``expression`` rows of one batch (slide's spots only) and the mask of kept rows."""
+    keep = np.isin(batch.spot_ids.astype(str), unit.spot_ids.astype(str))
+    gene_lists, count_lists = genes.to_global(batch, _gene_map(unit))
+    totals, detected = expression.batch_totals(batch)
+    rows = pa.table({
+        "slide_id": [unit.slide_id] * len(keep), "spot_id": batch.spot_ids.astype(str),
+        "technology": [unit.technology] * len(keep), "gene_ids": gene_lists, "counts": count_lists,
+        "total_counts": totals.astype(np.int64), "n_genes": detected.astype(np.int32),
+        "run_id": [run_id] * len(keep),
+    }, schema=schemas.EXPRESSION)
+    return rows.filter(pa.array(keep)), keep
+
+
+def _gene_map(unit: ExprUnit) -> genes.GeneMap:
+    return genes.GeneMap(gene_ids=unit.gene_ids, rows=schemas.GENES.empty_table(), collisions=[])
+
+
+def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
+    """Read one chunk of the matrix as sparse rows against global gene ids; write ``expression`` rows."""
+    parts, spot_ids, unknown, detected = [], [], 0, []
+    for batch in expression.read_chunk(unit.source, unit.plan, unit.chunk):
+        rows, keep = expression_rows(unit, batch, run_id)
+        parts.append(rows)
+        spot_ids.append(batch.spot_ids[keep].astype(str))
+        unknown += int((~keep).sum())
+        detected.append(np.unique(unit.gene_ids[batch.indices[batch.counts > 0]]))
+    table = pa.concat_tables(parts) if parts else schemas.EXPRESSION.empty_table()
+    files = tables.write_data_files(lake, "expression", table, _tag(unit, run_id))
+    all_detected = np.unique(np.concatenate(detected)) if detected else np.zeros(0, np.int64)
+    return UnitResult(unit.slide_id, "expression", files, rows=table.num_rows,
+                      spot_ids=np.concatenate(spot_ids) if spot_ids else np.zeros(0, dtype=object),
+                      unknown_rows=unknown, detected_gene_ids=all_detected[all_detected >= 0],
+                      total_counts=int(np.asarray(table.column("total_counts")).sum()) if table.num_rows else 0)
+
+
+def run_unit(unit: Unit, lake: str, run_id: str) -> UnitResult:
+    """Run one unit; bad input or a failure becomes ``error`` (never raises), written files are reported."""
+    kind = "tiles" if isinstance(unit, TileUnit) else "expression"
+    try:
+        if isinstance(unit, TileUnit):
+            return run_tile_unit(unit, lake, run_id)
+        return run_expression_unit(unit, lake, run_id)
+    except Exception as error:
+        from stlake.records import SlideError
+        if isinstance(error, SlideError):
+            return UnitResult(unit.slide_id, kind, error=(error.reason, error.detail))
+        detail = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
+        return UnitResult(unit.slide_id, kind, error=("internal_error", detail))
