@@ -6,19 +6,23 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 LAKE ?= lake
 STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: venv demo demo-s3 test test-slow test-all bench terraform-check clean
 
 venv: $(STAMP)
 
-# torch first, pinned to the CPU build (a plain `torch` requirement would pull CUDA wheels);
-# then the package with its pins (setup.py). pip warns that torch wants setuptools>=77 while
-# petastorm needs <70: torch only needs setuptools to build C++ extensions, which we never do.
+# 1. torch first, pinned to the CPU build (a bare `torch` requirement pulls GBs of CUDA wheels).
+# 2. the package with its pins (setup.py); torch is already satisfied, so it is left alone.
+# 3. petastorm 0.13.1 without its declared `setuptools<70` (it never imports setuptools; that pin
+#    would make pip swap torch for an older CUDA build). Its real dependencies come from [stream].
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e ".[stream,dev]"
-	$(PY) -c "import stlake, pyspark, deltalake, petastorm, torch, cv2"
+	$(PY) -m pip install --quiet --no-deps "petastorm==0.13.1"
+	$(PY) -c "import stlake, pyspark, deltalake, petastorm.pytorch, torch, cv2; \
+	  assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $(STAMP)
 
 demo: venv

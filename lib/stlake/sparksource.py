@@ -1,0 +1,64 @@
+"""A Spark Python data source over a Delta snapshot's files, read with pyarrow (local or S3).
+
+Used for SQL over an ``s3://`` lake when Spark has no ``s3a`` connector: the driver lists the
+snapshot's active files from the Delta log (delta-rs); each Spark task reads one file through
+pyarrow's S3 filesystem and yields Arrow record batches. Credentials and the endpoint come from the
+executors' environment (the standard AWS chain), never from the query plan.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
+from pyspark.sql.pandas.types import from_arrow_schema
+
+BATCH_ROWS = 1024
+
+
+class FilePartition(InputPartition):
+    """One Parquet file of the snapshot."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        self.uri = uri
+
+
+class SnapshotReader(DataSourceReader):
+    def __init__(self, files: list[str], columns: list[str]):
+        self.files, self.columns = files, columns
+
+    def partitions(self) -> Sequence[InputPartition]:
+        return [FilePartition(uri) for uri in self.files]
+
+    def read(self, partition: FilePartition) -> Iterator[pa.RecordBatch]:
+        from stlake import storage
+        fs, path = storage.filesystem(partition.uri)
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=self.columns)
+
+
+class SnapshotSource(DataSource):
+    """``spark.read.format("stlake_snapshot").option("files", json).option("schema", ddl).load()``."""
+
+    @classmethod
+    def name(cls) -> str:
+        return "stlake_snapshot"
+
+    def schema(self) -> str:
+        return self.options["schema"]
+
+    def reader(self, schema) -> DataSourceReader:
+        return SnapshotReader(json.loads(self.options["files"]), [field.name for field in schema.fields])
+
+
+def read_snapshot_files(spark: SparkSession, files: list[str], schema: pa.Schema) -> DataFrame:
+    """A DataFrame over ``files`` (the snapshot's active files) with the table's ``schema``."""
+    spark.dataSource.register(SnapshotSource)
+    return (spark.read.format(SnapshotSource.name()).option("files", json.dumps(files))
+            .option("schema", ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in from_arrow_schema(schema)))
+            .load())
