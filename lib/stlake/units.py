@@ -90,8 +90,8 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
 def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, run_id: str) -> tuple[pa.Table, np.ndarray]:
     """``expression`` rows of one batch (slide's spots only) and the mask of kept rows."""
     keep = np.isin(batch.spot_ids.astype(str), unit.spot_ids.astype(str))
-    gene_lists, count_lists = genes.to_global(batch, _gene_map(unit))
-    totals, detected = expression.batch_totals(batch)
+    gene_lists, count_lists = genes.to_global(batch, unit.gene_ids)
+    totals, detected = expression.batch_totals(batch, unit.gene_ids)
     rows = pa.table({
         "slide_id": [unit.slide_id] * len(keep), "spot_id": batch.spot_ids.astype(str),
         "technology": [unit.technology] * len(keep), "gene_ids": gene_lists, "counts": count_lists,
@@ -99,10 +99,6 @@ def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, run_id: str) 
         "run_id": [run_id] * len(keep),
     }, schema=schemas.EXPRESSION)
     return rows.filter(pa.array(keep)), keep
-
-
-def _gene_map(unit: ExprUnit) -> genes.GeneMap:
-    return genes.GeneMap(gene_ids=unit.gene_ids, rows=schemas.GENES.empty_table(), collisions=[])
 
 
 def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:

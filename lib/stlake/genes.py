@@ -1,0 +1,170 @@
+"""Gene harmonisation: one ``genes`` table shared by all slides, same ids on every run and cluster.
+
+A gene is keyed by (species, gene_key): the unversioned upper-case Ensembl id for Ensembl-like names
+(``ENSG00000141510.12`` -> ``ENSG00000141510``), else the upper-cased symbol (``Tp53``/``TP53`` are one
+key). 10x features (id + name) are keyed by symbol, so a 10x slide and a symbol-only CSV slide share
+genes; their Ensembl id is recorded. ``gene_id`` is a hash of the key, so no coordination is needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from stlake import schemas
+
+if TYPE_CHECKING:
+    from stlake.expression import SparseBatch
+
+ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$", re.IGNORECASE)
+SPECIES_ALIASES = {
+    "homo sapiens": "human", "human": "human", "hs": "human", "hsapiens": "human", "h. sapiens": "human",
+    "mus musculus": "mouse", "mouse": "mouse", "mm": "mouse", "mmusculus": "mouse", "m. musculus": "mouse",
+}
+UNKNOWN_SPECIES = "unknown"
+COLLISION = "gene_collision"
+EMPTY_NAME = "gene_name_empty"
+
+
+@dataclass
+class GeneMap:
+    """A slide's source columns mapped onto global gene ids."""
+
+    gene_ids: np.ndarray  # int64 per source column, -1 = dropped
+    rows: pa.Table  # schemas.GENES rows of the slide's distinct genes
+    collisions: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
+
+
+def normalise_species(species: Optional[str]) -> str:
+    """``Homo sapiens`` -> ``human``, ``Mus musculus`` -> ``mouse``, None -> ``unknown``, else lower-case."""
+    if species is None or not str(species).strip():
+        return UNKNOWN_SPECIES
+    text = " ".join(str(species).strip().lower().replace("_", " ").split())
+    return SPECIES_ALIASES.get(text, text)
+
+
+def unversioned(ensembl_id: str) -> str:
+    """``ENSG00000141510.12`` -> ``ENSG00000141510`` (upper case)."""
+    return ensembl_id.strip().split(".", 1)[0].upper()
+
+
+def is_ensembl(name: Optional[str]) -> bool:
+    return bool(name) and bool(ENSEMBL.match(name.strip()))
+
+
+def gene_key(name: str, species: str) -> tuple[str, Optional[str], Optional[str]]:
+    """(key, ensembl_id, symbol) of one gene name; ``species`` does not change the key."""
+    if is_ensembl(name):
+        key = unversioned(name)
+        return key, key, None
+    return name.strip().upper(), None, name
+
+
+def gene_id(species: str, key: str) -> int:
+    """Stable non-negative 63-bit id of (species, key): first 8 bytes of blake2b, big-endian."""
+    digest = hashlib.blake2b(f"{species.lower()}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def _feature_key(raw: str, ensembl: Optional[str], symbol: Optional[str],
+                 species: str) -> tuple[str, Optional[str], Optional[str]]:
+    """(key, ensembl_id, symbol) of one column: by symbol when known, else by id, else by raw name."""
+    ens = unversioned(ensembl) if is_ensembl(ensembl) else None
+    if symbol and symbol.strip():
+        key, ens_from_symbol, sym = gene_key(symbol, species)
+        return key, ens or ens_from_symbol, sym
+    if ensembl and ensembl.strip():
+        key, ens_from_id, _ = gene_key(ensembl, species)
+        return key, ens or ens_from_id, None
+    return gene_key(raw, species)
+
+
+def _fallback_key(ensembl: Optional[str]) -> Optional[str]:
+    """Key of a colliding feature: its unversioned Ensembl id (or upper-cased id), None without an id."""
+    if not ensembl or not ensembl.strip():
+        return None
+    return unversioned(ensembl) if is_ensembl(ensembl) else ensembl.strip().upper()
+
+
+def harmonise(genes: list[str], ensembl_ids: list[Optional[str]], symbols: list[Optional[str]],
+              species: Optional[str]) -> GeneMap:
+    """Map a slide's columns onto global genes; collisions are resolved by Ensembl id or dropped."""
+    species_name = normalise_species(species)
+    ids = np.full(len(genes), -1, dtype=np.int64)
+    owner: dict[str, int] = {}  # key -> first column using it
+    rows: list[dict] = []
+    collisions: list[tuple[str, str]] = []
+    for column, raw in enumerate(genes):
+        ensembl, symbol = ensembl_ids[column], symbols[column]
+        key, ens, sym = _feature_key(raw or "", ensembl, symbol, species_name)
+        if not key:
+            collisions.append((EMPTY_NAME, f"column {column + 1} has an empty gene name; dropped"))
+            continue
+        if key in owner:
+            clash = (f"same gene key {key!r} ({species_name}) as "
+                     f"{_describe(genes, ensembl_ids, owner[key])}")
+            fallback = _fallback_key(ensembl)
+            if not fallback or fallback in owner:
+                collisions.append((COLLISION, f"{_describe(genes, ensembl_ids, column)} dropped: {clash}"))
+                continue
+            collisions.append((COLLISION, f"{_describe(genes, ensembl_ids, column)} keyed by its id "
+                                          f"{fallback!r}: {clash}"))
+            key = fallback
+        owner[key] = column
+        ids[column] = gene_id(species_name, key)
+        rows.append({"gene_id": int(ids[column]), "species": species_name, "gene_key": key,
+                     "symbol": sym, "ensembl_id": ens})
+    table = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["species"], r["gene_key"])), schema=schemas.GENES)
+    return GeneMap(ids, table, collisions)
+
+
+def _describe(genes: list[str], ensembl_ids: list[Optional[str]], column: int) -> str:
+    ens = ensembl_ids[column]
+    return f"column {column + 1} {genes[column]!r}" + (f" ({ens})" if ens else "")
+
+
+def to_global(batch: "SparseBatch", gene_ids: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
+    """Per row: global gene ids ascending (int64 lists) and their counts (int32 lists), dropped columns removed.
+
+    ``gene_ids`` is ``GeneMap.gene_ids``: the global id of every source column, -1 for dropped ones.
+    """
+    n = len(batch.spot_ids)
+    ids = np.asarray(gene_ids, dtype=np.int64)[batch.indices]
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(batch.indptr))
+    keep = ids >= 0
+    ids, rows, counts = ids[keep], rows[keep], np.asarray(batch.counts, dtype=np.int32)[keep]
+    order = np.lexsort((ids, rows))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+    offsets_array = pa.array(offsets, type=pa.int32())
+    return (pa.ListArray.from_arrays(offsets_array, pa.array(ids[order], type=pa.int64())),
+            pa.ListArray.from_arrays(offsets_array, pa.array(counts[order], type=pa.int32())))
+
+
+def _smallest_per_gene(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per gene_id with, per column, the smallest non-null value (independent of row order)."""
+    columns = {name: frame.sort_values(name, kind="stable").groupby("gene_id", sort=False)[name].first()
+               for name in schemas.GENES.names[1:]}
+    return pd.DataFrame(columns)
+
+
+def merge_gene_rows(existing: Optional[pa.Table], new: list[pa.Table]) -> pa.Table:
+    """One row per gene_id: existing rows win, missing symbol / ensembl_id filled from new rows.
+
+    Among new rows the smallest non-null value is taken, so the result does not depend on slide order.
+    Sorted by (species, gene_key).
+    """
+    tables = [t.select(schemas.GENES.names).cast(schemas.GENES) for t in new if t is not None and t.num_rows]
+    old = (existing.select(schemas.GENES.names).cast(schemas.GENES).to_pandas()
+           if existing is not None and existing.num_rows else schemas.GENES.empty_table().to_pandas())
+    merged = old.drop_duplicates("gene_id", keep="first").set_index("gene_id")
+    if tables:
+        fresh = _smallest_per_gene(pa.concat_tables(tables).to_pandas())
+        merged = merged.combine_first(fresh) if len(merged) else fresh
+    merged = merged.reset_index()[schemas.GENES.names].sort_values(["species", "gene_key", "gene_id"], kind="stable")
+    merged = merged.astype(object).where(merged.notna(), None)
+    return pa.Table.from_pandas(merged, schema=schemas.GENES, preserve_index=False)

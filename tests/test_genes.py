@@ -1,0 +1,124 @@
+"""Gene harmonisation: keys, stable ids, collisions, global rows, merging the shared table."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from stlake import genes, schemas
+from stlake.expression import SparseBatch
+
+
+def test_gene_key_strips_versions_and_folds_case():
+    assert genes.gene_key("ENSG00000141510.12", "human") == ("ENSG00000141510", "ENSG00000141510", None)
+    assert genes.gene_key("ensg00000141510", "human")[0] == "ENSG00000141510"
+    assert genes.gene_key("ENSMUSG00000059552.4", "mouse")[:2] == ("ENSMUSG00000059552", "ENSMUSG00000059552")
+    assert {genes.gene_key(n, "human")[0] for n in ("Tp53", "TP53", "tp53")} == {"TP53"}
+    assert genes.gene_key("Tp53", "mouse") == ("TP53", None, "Tp53")
+    assert genes.gene_key("ENSG0001", "human") == ("ENSG0001", None, "ENSG0001")  # not Ensembl-like
+
+
+def test_gene_id_is_stable_and_species_specific():
+    assert genes.gene_id("human", "TP53") == 5569578252603275399
+    assert genes.gene_id("HUMAN", "TP53") == genes.gene_id("human", "TP53")
+    assert genes.gene_id("mouse", "TP53") != genes.gene_id("human", "TP53")
+    assert 0 <= genes.gene_id("unknown", "X") < 2 ** 63
+
+
+def test_species_normalisation():
+    assert genes.normalise_species("Homo sapiens") == "human"
+    assert genes.normalise_species(" Mus  musculus ") == "mouse"
+    assert genes.normalise_species(None) == "unknown"
+    assert genes.normalise_species("Danio Rerio") == "danio rerio"
+
+
+def test_csv_symbols_and_versioned_ids():
+    names = ["TP53", "ENSG00000141510.12", "Actb"]
+    gm = genes.harmonise(names, [None] * 3, [None] * 3, "Homo sapiens")
+    assert gm.gene_ids.dtype == np.int64 and gm.collisions == []
+    assert gm.gene_ids.tolist() == [genes.gene_id("human", k) for k in ("TP53", "ENSG00000141510", "ACTB")]
+    assert gm.rows.schema == schemas.GENES
+    rows = gm.rows.to_pylist()
+    assert [r["gene_key"] for r in rows] == ["ACTB", "ENSG00000141510", "TP53"]  # sorted by (species, key)
+    assert rows[1]["ensembl_id"] == "ENSG00000141510" and rows[1]["symbol"] is None
+    assert rows[0]["symbol"] == "Actb" and {r["species"] for r in rows} == {"human"}
+
+
+def test_csv_case_collision_drops_later_column_and_reports():
+    gm = genes.harmonise(["TP53", "EGFR", "tp53"], [None] * 3, [None] * 3, None)
+    assert gm.gene_ids[2] == -1 and gm.gene_ids[0] == genes.gene_id("unknown", "TP53")
+    assert gm.rows.num_rows == 2
+    [(reason, detail)] = gm.collisions
+    assert reason == "gene_collision" and "'tp53'" in detail and "dropped" in detail
+
+
+def test_tenx_duplicate_symbol_is_keyed_by_ensembl_id():
+    ids = ["ENSG00000284024.1", "ENSG00000141510.2", "ENSG00000285053.1"]
+    names = ["MATR3", "TP53", "MATR3"]
+    gm = genes.harmonise(names, ids, names, "human")
+    assert gm.gene_ids.tolist() == [genes.gene_id("human", "MATR3"), genes.gene_id("human", "TP53"),
+                                    genes.gene_id("human", "ENSG00000285053")]
+    [(reason, detail)] = gm.collisions
+    assert reason == "gene_collision" and "ENSG00000285053" in detail
+    by_key = {r["gene_key"]: r for r in gm.rows.to_pylist()}
+    assert by_key["TP53"]["ensembl_id"] == "ENSG00000141510" and by_key["TP53"]["symbol"] == "TP53"
+    assert by_key["ENSG00000285053"]["symbol"] == "MATR3"
+
+
+def test_tenx_and_csv_share_symbol_genes():
+    tenx = genes.harmonise(["TP53"], ["ENSG00000141510.2"], ["TP53"], "Homo sapiens")
+    csv = genes.harmonise(["Tp53"], [None], [None], "human")
+    assert tenx.gene_ids[0] == csv.gene_ids[0]
+
+
+def test_to_global_sorts_by_gene_id_and_drops_columns():
+    gene_map = genes.GeneMap(np.array([50, 10, -1, 30, 20], dtype=np.int64), schemas.GENES.empty_table(), [])
+    batch = SparseBatch(np.array(["a", "b", "c", "d"], dtype=object), np.array([0, 4, 4, 5, 7], dtype=np.int64),
+                        np.array([0, 1, 3, 4, 2, 0, 2], dtype=np.int32), np.array([5, 1, 3, 2, 9, 8, 4], np.int32))
+    gene_lists, count_lists = genes.to_global(batch, gene_map.gene_ids)
+    assert gene_lists.type == pa.list_(pa.int64()) and count_lists.type == pa.list_(pa.int32())
+    assert gene_lists.to_pylist() == [[10, 20, 30, 50], [], [], [50]]
+    assert count_lists.to_pylist() == [[1, 2, 3, 5], [], [], [8]]
+
+
+def test_to_global_matches_a_dense_reference():
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((30, 40)) < 0.3, rng.integers(1, 1000, (30, 40)), 0)
+    ids = rng.permutation(10_000)[:40].astype(np.int64)
+    ids[[3, 17]] = -1
+    rows, cols = np.nonzero(dense)
+    batch = SparseBatch(np.array([f"s{i}" for i in range(30)], dtype=object),
+                        np.concatenate([[0], np.cumsum((dense > 0).sum(axis=1))]).astype(np.int64),
+                        cols.astype(np.int32), dense[rows, cols].astype(np.int32))
+    gene_lists, count_lists = genes.to_global(batch, ids)
+    for r, (g, c) in enumerate(zip(gene_lists.to_pylist(), count_lists.to_pylist())):
+        expected = sorted((ids[j], dense[r, j]) for j in np.flatnonzero(dense[r]) if ids[j] >= 0)
+        assert list(zip(g, c)) == expected
+
+
+def gene_rows(*rows: tuple) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(schemas.GENES.names, r)) for r in rows], schema=schemas.GENES)
+
+
+def test_merge_gene_rows_deduplicates_and_fills():
+    tp53, actb, egfr = (genes.gene_id("human", k) for k in ("TP53", "ACTB", "EGFR"))
+    existing = gene_rows((tp53, "human", "TP53", "TP53", None), (actb, "human", "ACTB", "Actb", None))
+    new_a = gene_rows((tp53, "human", "TP53", "Tp53", "ENSG00000141510"), (egfr, "human", "EGFR", None, None))
+    new_b = gene_rows((egfr, "human", "EGFR", "EGFR", None), (actb, "human", "ACTB", "ACTB", "ENSG00000075624"))
+    merged = genes.merge_gene_rows(existing, [new_a, new_b])
+    assert merged.schema == schemas.GENES
+    assert merged.to_pylist() == [
+        {"gene_id": actb, "species": "human", "gene_key": "ACTB", "symbol": "Actb", "ensembl_id": "ENSG00000075624"},
+        {"gene_id": egfr, "species": "human", "gene_key": "EGFR", "symbol": "EGFR", "ensembl_id": None},
+        {"gene_id": tp53, "species": "human", "gene_key": "TP53", "symbol": "TP53", "ensembl_id": "ENSG00000141510"},
+    ]
+    assert genes.merge_gene_rows(None, [new_b, new_a]) == genes.merge_gene_rows(None, [new_a, new_b])
+    assert genes.merge_gene_rows(merged, [new_a]) == merged
+
+
+def test_merge_gene_rows_of_harmonised_slides():
+    a = genes.harmonise(["TP53", "EGFR"], [None] * 2, [None] * 2, "human").rows
+    b = genes.harmonise(["EGFR", "KRAS"], ["ENSG00000146648", None], ["EGFR", None], "human").rows
+    merged = genes.merge_gene_rows(None, [a, b])
+    assert merged.column("gene_key").to_pylist() == ["EGFR", "KRAS", "TP53"]
+    assert merged.column("ensembl_id").to_pylist()[0] == "ENSG00000146648"
+    assert len(set(merged.column("gene_id").to_pylist())) == 3
