@@ -1,0 +1,252 @@
+"""Cut one encoded tile per spot, reading the image band by band within a memory budget.
+
+A tile is a square of ``size_px`` image pixels centred on the spot: its top-left corner is
+``x0 = floor(x + 0.5) - size_px // 2`` (same for ``y0``), so with an even size the spot's pixel is
+at ``x0 + size_px // 2``. Squares that reach past the image border are either padded with constant
+white (255, i.e. background: no reflected tissue is invented; ``padded=True``) or dropped
+(``border="drop"``; their indices are returned). The square may then be resized (``INTER_AREA`` when
+shrinking, ``INTER_LINEAR`` when enlarging) and is encoded as an ordinary JPEG or PNG file.
+
+Spots are processed sorted by row, in horizontal bands whose full-width BGR pixels stay within a
+quarter of the budget (at least one and a half tiles high); random-access (TIFF) readers decode
+only the band's column span. ``split_spots_into_regions`` uses the same bands to split a giant
+random-access slide into several tasks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from stlake.imageio import RegionReader
+
+BORDERS = ("pad", "drop")
+ENCODINGS = ("jpeg", "png")
+PAD_VALUE = 255  # constant white padding
+NEAR_WHITE = 220  # a pixel whose three channels are all >= this is background, whatever its saturation
+PNG_COMPRESSION = 1  # fast; tiles are small
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How tiles are cut and encoded. ``size_px`` is in image pixels (callers convert µm)."""
+
+    size_px: int
+    resize_px: Optional[int] = None
+    border: str = "pad"
+    encoding: str = "jpeg"
+    quality: int = 90
+    tissue_saturation: int = 20
+
+    def __post_init__(self) -> None:
+        if int(self.size_px) < 1:
+            raise ValueError(f"tile size must be at least 1 px, not {self.size_px}")
+        if self.resize_px is not None and int(self.resize_px) < 1:
+            raise ValueError(f"resize must be at least 1 px, not {self.resize_px}")
+        if self.border not in BORDERS:
+            raise ValueError(f"border must be one of {BORDERS}, not {self.border!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, not {self.encoding!r}")
+        if not 1 <= int(self.quality) <= 100:
+            raise ValueError(f"JPEG quality must be within 1..100, not {self.quality}")
+
+
+@dataclass
+class Tile:
+    """One encoded tile; ``index`` is the spot's position in the arrays given to ``cut_tiles``."""
+
+    index: int
+    data: bytes
+    width: int
+    height: int
+    x0: int  # top-left corner of the cut square in image pixels (negative when padded)
+    y0: int
+    padded: bool
+    tissue_fraction: float
+
+
+def tile_origin(c: np.ndarray, size_px: int) -> np.ndarray:
+    """Top-left coordinate of the square of side ``size_px`` centred on ``c`` (int64)."""
+    return np.floor(np.asarray(c, dtype=np.float64) + 0.5).astype(np.int64) - int(size_px) // 2
+
+
+@lru_cache(maxsize=16)
+def _saturation_limits(saturation: int) -> np.ndarray:
+    """For each max channel value v, the largest (max - min) whose HSV saturation is <= ``saturation``.
+
+    Taken from ``cv2.cvtColor(BGR2HSV)`` itself, so the rule below matches it exactly while skipping
+    the hue computation (twice as fast per tile).
+    """
+    v, d = np.arange(256)[:, None], np.arange(256)[None, :]
+    low = (v - np.minimum(d, v)).astype(np.uint8)
+    pixels = np.dstack([np.broadcast_to(v, (256, 256)).astype(np.uint8), low, low])
+    s = cv2.cvtColor(pixels, cv2.COLOR_BGR2HSV)[..., 1]
+    return (((s <= saturation) & (d <= v)).sum(axis=1) - 1).astype(np.uint8)
+
+
+def tissue_fraction(tile_bgr: np.ndarray, saturation: int = 20, near_white: int = NEAR_WHITE) -> float:
+    """Fraction of pixels with HSV saturation > ``saturation`` (of 255) that are not near-white.
+
+    Near-white = all three channels >= ``near_white`` (bright glass with a faint tint).
+    """
+    n = tile_bgr.shape[0] * tile_bgr.shape[1]
+    if n == 0:
+        return 0.0
+    b, g, r = cv2.split(tile_bgr)
+    high, low = cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r)
+    coloured = cv2.threshold(low, int(near_white) - 1, 255, cv2.THRESH_BINARY_INV)[1]
+    spread = cv2.bitwise_and(cv2.subtract(high, low), coloured)
+    limits = cv2.LUT(high, _saturation_limits(int(saturation)))
+    return cv2.countNonZero(cv2.compare(spread, limits, cv2.CMP_GT)) / n
+
+
+def band_rows(size_px: int, width: int, budget_bytes: int) -> int:
+    """Rows per band: a quarter of the budget of full-width BGR rows, at least 1.5 tiles."""
+    return max(int(budget_bytes) // 4 // max(1, int(width) * 3), int(size_px) + int(size_px) // 2)
+
+
+def plan_bands(y: np.ndarray, size_px: int, width: int, height: int,
+               budget_bytes: int) -> list[tuple[int, int, np.ndarray]]:
+    """Top-to-bottom bands ``(row0, row1, spot indices)`` covering every spot's square.
+
+    Rows are clipped to the image; each band is at most ``band_rows`` high and holds the spots
+    (indices into ``y``, sorted by row) whose clipped squares lie within it. Consecutive bands may
+    overlap by less than a tile; ``row0`` and ``row1`` never decrease from one band to the next.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0:
+        return []
+    top = tile_origin(y, size_px)
+    order = np.argsort(top, kind="stable")
+    tops = np.clip(top[order], 0, height)
+    bottoms = np.clip(top[order] + size_px, 0, height)  # sorted too: a monotone map of sorted tops
+    rows = band_rows(size_px, width, budget_bytes)
+    bands, i = [], 0
+    while i < len(order):
+        j = max(int(np.searchsorted(bottoms, tops[i] + rows, side="right")), i + 1)
+        bands.append((int(tops[i]), int(bottoms[j - 1]), order[i:j]))
+        i = j
+    return bands
+
+
+def split_spots_into_regions(y: np.ndarray, size_px: int, width: int, height: int, budget_bytes: int,
+                             max_spots_per_region: Optional[int], x: Optional[np.ndarray] = None) -> list[np.ndarray]:
+    """Spot index groups (one per task) made of consecutive bands of ``plan_bands``.
+
+    Bands are packed into a group while it has at most ``max_spots_per_region`` spots (``None`` or
+    ``<= 0``: no limit). A band with more spots than that is split into column runs (by ``x`` when
+    given), so a random-access reader decodes only part of its width. Indices are sorted.
+    """
+    limit = int(max_spots_per_region) if max_spots_per_region and max_spots_per_region > 0 else None
+    pieces: list[np.ndarray] = []
+    for _, _, index in plan_bands(y, size_px, width, height, budget_bytes):
+        if limit is None or len(index) <= limit:
+            pieces.append(index)
+            continue
+        if x is not None:
+            index = index[np.argsort(np.asarray(x, dtype=np.float64)[index], kind="stable")]
+        pieces.extend(index[k:k + limit] for k in range(0, len(index), limit))
+    groups: list[list[np.ndarray]] = []
+    count = 0
+    for piece in pieces:
+        if groups and (limit is None or count + len(piece) <= limit):
+            groups[-1].append(piece)
+            count += len(piece)
+        else:
+            groups.append([piece])
+            count = len(piece)
+    return [np.sort(np.concatenate(group)) for group in groups]
+
+
+class _BandSource:
+    """Band pixels from a reader; for streaming readers it keeps the overlap with the last band."""
+
+    def __init__(self, reader: RegionReader):
+        self._reader = reader
+        self._top = 0
+        self._rows = np.zeros((0, reader.info.width, 3), np.uint8)
+
+    def get(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Pixels of rows ``[r0, r1)``; columns ``[c0, c1)`` for random-access readers, else all."""
+        reader = self._reader
+        if reader.info.random_access:
+            return reader.read_region(r0, r1, c0, c1)
+        if not reader.streaming:
+            return reader.read_rows(r0, r1)
+        end = self._top + len(self._rows)
+        if self._top <= r0 < end:
+            kept = self._rows[r0 - self._top:]
+            new = reader.read_rows(end, r1) if r1 > end else self._rows[:0]
+            self._rows = np.concatenate([kept, new]) if len(new) else kept
+        else:
+            self._rows = reader.read_rows(r0, r1)
+        self._top = r0
+        return self._rows
+
+
+def _cut(band: np.ndarray, r0: int, c0: int, x0: int, y0: int, size: int,
+         width: int, height: int) -> tuple[np.ndarray, bool]:
+    """The square at ``(x0, y0)`` from a band whose top-left pixel is ``(c0, r0)``; padded flag.
+
+    Always a compact copy: fetching the scattered rows once makes the later passes cheaper.
+    """
+    if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:
+        return np.ascontiguousarray(band[y0 - r0:y0 - r0 + size, x0 - c0:x0 - c0 + size]), False
+    tile = np.full((size, size, 3), PAD_VALUE, np.uint8)
+    ya, yb = max(y0, 0), min(y0 + size, height)
+    xa, xb = max(x0, 0), min(x0 + size, width)
+    if yb > ya and xb > xa:
+        tile[ya - y0:yb - y0, xa - x0:xb - x0] = band[ya - r0:yb - r0, xa - c0:xb - c0]
+    return tile, True
+
+
+def _encoder(spec: TileSpec) -> tuple[str, list[int]]:
+    if spec.encoding == "jpeg":
+        return ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(spec.quality)]
+    return ".png", [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+
+
+def encode_tile(square: np.ndarray, spec: TileSpec) -> tuple[bytes, int, int]:
+    """Resize (if asked) and encode one BGR square; returns (bytes, width, height)."""
+    if spec.resize_px and spec.resize_px != square.shape[1]:
+        shrink = spec.resize_px < square.shape[1]
+        square = cv2.resize(square, (spec.resize_px, spec.resize_px),
+                            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    ext, params = _encoder(spec)
+    ok, buf = cv2.imencode(ext, square, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {square.shape} tile as {spec.encoding}")
+    return buf.tobytes(), square.shape[1], square.shape[0]
+
+
+def cut_tiles(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec,
+              budget_bytes: int) -> tuple[list[Tile], np.ndarray]:
+    """One tile per spot centre ``(x[i], y[i])`` (image pixels); returns (tiles by index, dropped indices).
+
+    With ``border="drop"`` spots whose square reaches past the image are not cut and are returned
+    as dropped; with ``"pad"`` nothing is dropped.
+    """
+    width, height, size = reader.info.width, reader.info.height, int(spec.size_px)
+    xs, ys = tile_origin(x, size), tile_origin(y, size)
+    inside = (xs >= 0) & (ys >= 0) & (xs + size <= width) & (ys + size <= height)
+    keep = np.flatnonzero(inside) if spec.border == "drop" else np.arange(len(xs))
+    dropped = np.flatnonzero(~inside) if spec.border == "drop" else np.zeros(0, np.int64)
+    source = _BandSource(reader)
+    tiles: list[Tile] = []
+    for r0, r1, local in plan_bands(np.asarray(y, dtype=np.float64)[keep], size, width, height, budget_bytes):
+        index = keep[local]
+        c0 = int(np.clip(xs[index].min(), 0, width))
+        c1 = int(np.clip((xs[index] + size).max(), c0, width))
+        band = source.get(r0, r1, c0, c1)
+        if not reader.info.random_access:
+            c0 = 0
+        for i, x0, y0 in zip(index.tolist(), xs[index].tolist(), ys[index].tolist()):
+            square, padded = _cut(band, r0, c0, x0, y0, size, width, height)
+            fraction = tissue_fraction(square, spec.tissue_saturation)
+            data, w, h = encode_tile(square, spec)
+            tiles.append(Tile(i, data, w, h, x0, y0, padded, fraction))
+    tiles.sort(key=lambda tile: tile.index)
+    return tiles, dropped.astype(np.int64)

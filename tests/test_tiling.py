@@ -1,0 +1,200 @@
+"""tiling: exact tile positions, borders, resize, encoding, tissue fraction, bands within budget."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from stlake import imageio, tiling
+from stlake.tiling import TileSpec
+from imagedata import coord_image
+
+
+def expected_tile(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """The square at (x0, y0) with white outside the image."""
+    padded = cv2.copyMakeBorder(image, size, size, size, size, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    return padded[y0 + size:y0 + 2 * size, x0 + size:x0 + 2 * size]
+
+
+def decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def write(path, image: np.ndarray, kind: str) -> str:
+    if kind == "png":
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(64, 64),
+                         compression="zlib")
+    return str(path)
+
+
+def spots(h: int, w: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, w - 1e-6, n), rng.uniform(0, h - 1e-6, n)
+
+
+@pytest.mark.parametrize("kind,budget", [("png", 1 << 30), ("png", 400_000), ("tiff", 1 << 30), ("tiff", 400_000)])
+@pytest.mark.parametrize("size", [31, 40])
+def test_tiles_at_exact_positions(tmp_path, kind, budget, size):
+    h, w = 333, 517
+    image = coord_image(h, w)
+    path = write(tmp_path / f"slide.{kind}", image, kind)
+    x, y = spots(h, w, 150)
+    x[:3], y[:3] = [0.0, 516.9, 250.5], [0.2, 332.6, 100.49]  # corners, and .5 rounding up
+    spec = TileSpec(size_px=size, encoding="png")
+    with imageio.open_region_reader(path, budget) as reader:
+        tiles, dropped = tiling.cut_tiles(reader, x, y, spec, budget)
+        assert reader.peak_decoded_bytes <= budget
+    assert len(dropped) == 0 and [t.index for t in tiles] == list(range(150))
+    for tile in tiles:
+        cx, cy = int(np.floor(x[tile.index] + 0.5)), int(np.floor(y[tile.index] + 0.5))
+        assert (tile.x0, tile.y0) == (cx - size // 2, cy - size // 2)
+        assert (tile.width, tile.height) == (size, size)
+        pixels = decode(tile.data)
+        assert np.array_equal(pixels, expected_tile(image, tile.x0, tile.y0, size))
+        assert tile.padded == (not (0 <= tile.x0 and 0 <= tile.y0 and tile.x0 + size <= w and tile.y0 + size <= h))
+        if not tile.padded:  # the centre pixel is the spot's pixel
+            assert tuple(pixels[size // 2, size // 2]) == (cx % 251, cy % 251, (cx // 251 + 7 * (cy // 251)) % 251)
+    assert tiles[2].x0 == 251 - size // 2 and tiles[2].y0 == 100 - size // 2
+
+
+def test_padding_is_white_and_drop_reports(tmp_path):
+    image = coord_image(120, 160)
+    path = write(tmp_path / "s.png", image, "png")
+    x, y = np.array([3.0, 80.0, 158.0, 80.0]), np.array([4.0, 60.0, 60.0, 118.0])
+    with imageio.open_region_reader(path) as reader:
+        tiles, dropped = tiling.cut_tiles(reader, x, y, TileSpec(20, encoding="png"), 1 << 30)
+        assert [t.padded for t in tiles] == [True, False, True, True] and len(dropped) == 0
+        corner = decode(tiles[0].data)
+        assert (corner[:6] == 255).all() and (corner[:, :7] == 255).all()
+        assert np.array_equal(corner[6:, 7:], image[:14, :13])
+        kept, dropped = tiling.cut_tiles(reader, x, y, TileSpec(20, border="drop", encoding="png"), 1 << 30)
+    assert dropped.tolist() == [0, 2, 3]
+    assert [t.index for t in kept] == [1] and not kept[0].padded
+
+
+def test_resize_and_jpeg_quality(tmp_path):
+    image = cv2.GaussianBlur(coord_image(300, 300), (0, 0), 2)
+    path = write(tmp_path / "s.png", image, "png")
+    x, y = np.array([100.0, 150.0]), np.array([120.0, 200.0])
+    with imageio.open_region_reader(path) as reader:
+        for resize in (224, 32, 64):
+            tiles, _ = tiling.cut_tiles(reader, x, y, TileSpec(64, resize_px=resize), 1 << 30)
+            for tile in tiles:
+                assert (tile.width, tile.height) == (resize, resize)
+                assert decode(tile.data).shape == (resize, resize, 3)
+                assert tile.data[:3] == b"\xff\xd8\xff"
+        tiles, _ = tiling.cut_tiles(reader, x, y, TileSpec(64), 1 << 30)
+    source = image[120 - 32:120 + 32, 100 - 32:100 + 32].astype(int)
+    assert np.abs(decode(tiles[0].data).astype(int) - source).mean() < 2.0  # JPEG quality 90
+    ok, low = cv2.imencode(".jpg", image[88:152, 68:132], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert tiles[0].data == low.tobytes()
+
+
+def test_tissue_fraction():
+    white = np.full((50, 50, 3), 255, np.uint8)
+    pink = np.zeros((50, 50, 3), np.uint8)
+    pink[:] = (200, 120, 230)  # BGR of eosin pink
+    assert tiling.tissue_fraction(white) == 0.0
+    assert tiling.tissue_fraction(np.full((50, 50, 3), 235, np.uint8)) == 0.0  # light gray glass
+    assert tiling.tissue_fraction(np.full((50, 50, 3), (236, 226, 252), np.uint8)) == 0.0  # faint near-white
+    assert tiling.tissue_fraction(pink) == 1.0
+    half = white.copy()
+    half[:, :20] = pink[:, :20]
+    assert tiling.tissue_fraction(half) == pytest.approx(0.4)
+    assert tiling.tissue_fraction(pink, saturation=250) == 0.0
+    assert tiling.tissue_fraction(np.zeros((0, 0, 3), np.uint8)) == 0.0
+
+
+def test_tissue_fraction_matches_hsv_rule():
+    rng = np.random.default_rng(4)
+    for k in range(12):
+        tile = rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)
+        if k % 2:
+            tile = cv2.GaussianBlur(tile, (0, 0), 3)
+        tile = np.clip(tile.astype(int) + rng.integers(-50, 200), 0, 255).astype(np.uint8)
+        for threshold in (0, 20, 60):
+            hsv = cv2.cvtColor(tile, cv2.COLOR_BGR2HSV)
+            rule = (hsv[..., 1] > threshold) & (tile.min(axis=2) < tiling.NEAR_WHITE)
+            assert tiling.tissue_fraction(tile, threshold) == rule.mean()
+
+
+def test_tile_carries_tissue_fraction(tmp_path):
+    image = np.full((200, 200, 3), 255, np.uint8)
+    image[:, 100:] = (200, 120, 230)
+    path = write(tmp_path / "s.png", image, "png")
+    with imageio.open_region_reader(path) as reader:
+        tiles, _ = tiling.cut_tiles(reader, np.array([50.0, 150.0, 100.0]), np.array([100.0] * 3),
+                                    TileSpec(40), 1 << 30)
+    assert [round(t.tissue_fraction, 3) for t in tiles] == [0.0, 1.0, 0.5]
+
+
+def test_giant_png_within_budget_matches_unlimited(tmp_path):
+    h, w = 4000, 6000
+    image = coord_image(h, w)
+    path = write(tmp_path / "giant.png", image, "png")
+    del image
+    gx, gy = np.meshgrid(np.arange(30, w, 173.3), np.arange(20, h, 151.7))
+    x, y = gx.ravel(), gy.ravel()
+    spec = TileSpec(size_px=96, encoding="png")
+    budget = 16 << 20
+    with imageio.open_region_reader(path, budget) as reader:
+        assert reader.streaming
+        small, _ = tiling.cut_tiles(reader, x, y, spec, budget)
+        assert 0 < reader.peak_decoded_bytes <= budget
+        assert reader.restarts == 0
+    with imageio.open_region_reader(path, 1 << 30) as reader:
+        full, _ = tiling.cut_tiles(reader, x, y, spec, 1 << 30)
+        assert reader.peak_decoded_bytes == h * w * 3
+    assert len(small) == len(x) and any(t.padded for t in small)
+    assert [t.data for t in small] == [t.data for t in full]
+
+
+def test_tiled_tiff_cut_within_budget(tmp_path):
+    h, w = 1500, 2000
+    image = coord_image(h, w)
+    path = write(tmp_path / "big.tif", image, "tiff")
+    x, y = spots(h, w, 300, seed=3)
+    budget = 1_500_000
+    with imageio.open_region_reader(path, budget) as reader:
+        tiles, _ = tiling.cut_tiles(reader, x, y, TileSpec(50, encoding="png"), budget)
+        assert reader.peak_decoded_bytes <= budget
+    for tile in tiles[::7]:
+        assert np.array_equal(decode(tile.data), expected_tile(image, tile.x0, tile.y0, 50))
+
+
+def test_plan_bands_cover_every_spot_once():
+    rng = np.random.default_rng(5)
+    y = rng.uniform(0, 5000, 2000)
+    bands = tiling.plan_bands(y, 100, 3000, 5000, 8 << 20)
+    rows = tiling.band_rows(100, 3000, 8 << 20)
+    assert sorted(np.concatenate([b[2] for b in bands]).tolist()) == list(range(2000))
+    top = tiling.tile_origin(y, 100)
+    for r0, r1, index in bands:
+        assert 0 <= r0 < r1 <= 5000 and r1 - r0 <= rows
+        assert (np.clip(top[index], 0, 5000) >= r0).all() and (np.clip(top[index] + 100, 0, 5000) <= r1).all()
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(bands, bands[1:]))
+    assert tiling.plan_bands(np.zeros(0), 100, 3000, 5000, 8 << 20) == []
+
+
+def test_split_spots_into_regions():
+    rng = np.random.default_rng(6)
+    x, y = rng.uniform(0, 4000, 5000), rng.uniform(0, 6000, 5000)
+    groups = tiling.split_spots_into_regions(y, 80, 4000, 6000, 40 << 20, 700, x=x)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(5000))
+    assert all(0 < len(g) <= 700 for g in groups)
+    spans = [np.ptp(y[g]) for g in groups]
+    assert max(spans) < 6000 / 2  # groups are horizontal bands, not scattered spots
+    one = tiling.split_spots_into_regions(y, 80, 4000, 6000, 40 << 20, None)
+    assert len(one) == 1 and len(one[0]) == 5000
+    wide = tiling.split_spots_into_regions(np.full(50, 100.0), 80, 4000, 6000, 1 << 30, 20, x=np.arange(50.0))
+    assert [g.tolist() for g in wide] == [list(range(0, 20)), list(range(20, 40)), list(range(40, 50))]
+
+
+def test_tile_spec_validation():
+    for bad in (dict(size_px=0), dict(size_px=10, border="reflect"), dict(size_px=10, encoding="webp"),
+                dict(size_px=10, quality=0), dict(size_px=10, resize_px=0)):
+        with pytest.raises(ValueError):
+            TileSpec(**bad)
