@@ -82,7 +82,7 @@ def open_output(uri: str) -> BinaryIO:
     fs, path = filesystem(uri)
     if not is_s3(uri):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    return fs.open_output_stream(path)
+    return fs.open_output_stream(path, compression=None)
 
 
 def read_bytes(uri: str, start: int = 0, length: int | None = None) -> bytes:
@@ -136,18 +136,21 @@ def local_copy_needed(uri: str) -> bool:
 def delta_storage_options() -> dict[str, str]:
     """Storage options for delta-rs, taken from the environment (never hard-coded).
 
-    On AWS nothing is needed (instance role / profile). With ``AWS_ENDPOINT_URL`` (an S3-compatible
-    store) the endpoint and, for ``http://``, ``AWS_ALLOW_HTTP`` are passed. Commits use S3 conditional
-    writes (``If-None-Match``), so no lock table is needed and unsafe rename is never enabled.
+    On AWS nothing is needed (instance role / profile). With ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` (an S3-compatible store; the same precedence as the pyarrow filesystem above)
+    the endpoint and, for ``http://``, ``AWS_ALLOW_HTTP`` are passed. Commits use S3 conditional
+    writes (``If-None-Match: *``), so no lock table is needed and unsafe rename is never enabled.
     """
     options: dict[str, str] = {}
-    for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    for name in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         if os.environ.get(name):
             options[name] = os.environ[name]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
     if "AWS_REGION" not in options:
-        options["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if endpoint and endpoint.lower().startswith("http://"):
         options["AWS_ALLOW_HTTP"] = "true"
     return options
 

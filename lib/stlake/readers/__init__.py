@@ -1,0 +1,31 @@
+"""Slide readers, one module per input layout: ``SlideRef`` -> ``SlideRecord``.
+
+Readers read coordinates, annotations, scale factors and small metadata only; they never decode the
+image and never read the expression matrix (the legacy ST reader reads the counts file's first column).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from stlake.readers import st, stimage, visium, visiumhd
+from stlake.readers.common import ReaderOptions
+from stlake.records import SlideRecord, SlideRef
+
+READERS: dict[str, Callable[[SlideRef, Optional[ReaderOptions]], SlideRecord]] = {
+    "stimage": stimage.read,
+    "visium": visium.read,
+    "visiumhd": visiumhd.read,
+    "st": st.read,
+}
+
+__all__ = ["READERS", "ReaderOptions", "read_slide"]
+
+
+def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
+    """Read one slide with the reader of its layout; bad input raises ``SlideError``."""
+    try:
+        reader = READERS[ref.layout]
+    except KeyError:
+        raise ValueError(f"unknown layout {ref.layout!r} for slide {ref.slide_id} "
+                         f"(expected one of {', '.join(READERS)})") from None
+    return reader(ref, options or ReaderOptions())

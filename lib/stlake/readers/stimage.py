@@ -1,0 +1,167 @@
+"""STimage-1K4M release layout (layout ``stimage``).
+
+A release root holds, per technology folder ``{ST,Visium,VisiumHD}``::
+
+    {tech}/image/{slide}.png          the H&E image (bytes may be JPEG/TIFF/PNG)
+    {tech}/coord/{slide}_coord.csv    header ",yaxis,xaxis,r": spot id, y and x in px, radius in px
+    {tech}/gene_exp/{slide}_count.csv dense counts, rows = spot ids, columns = genes
+    annotation/{slide}_anno.csv       optional, TAB separated, spot id + label column ``V2``
+    meta/meta_all_gene.csv            one row per slide: slide, species, tissue, pmid, title, ...
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from stlake import storage
+from stlake.readers.common import (ReaderOptions, as_float, as_ids, check_unique, guarded, image_or_missing,
+                                   make_spots, preview, read_csv, require_columns)
+from stlake.records import ExpressionSource, SlideError, SlideRecord, SlideRef
+
+TECH_FOLDERS = ("ST", "Visium", "VisiumHD")
+META_PATH = ("meta", "meta_all_gene.csv")
+COORD_SUFFIX = "_coord.csv"
+#: Physical spot diameter per technology (µm), used to derive microns per pixel from the radius.
+SPOT_DIAMETER_UM = {"ST": 100.0, "Visium": 55.0}
+LABEL_COLUMN = "V2"
+
+
+# ---------------------------------------------------------------- paths and metadata (also used by discovery)
+
+def slide_paths(root: str, tech: str, slide: str) -> dict[str, str]:
+    """The canonical paths of ``slide`` in the ``tech`` folder of the release at ``root``.
+
+    Nothing is checked; ``annotation`` is included whether or not it exists.
+    """
+    return {
+        "root": root,
+        "image": storage.join(root, tech, "image", f"{slide}.png"),
+        "coords": storage.join(root, tech, "coord", f"{slide}{COORD_SUFFIX}"),
+        "counts": storage.join(root, tech, "gene_exp", f"{slide}_count.csv"),
+        "annotation": storage.join(root, "annotation", f"{slide}_anno.csv"),
+        "meta": storage.join(root, *META_PATH),
+    }
+
+
+def find_technology(root: str, slide: str) -> Optional[str]:
+    """The technology folder of the release holding ``{slide}_coord.csv``."""
+    for tech in TECH_FOLDERS:
+        if storage.exists(storage.join(root, tech, "coord", f"{slide}{COORD_SUFFIX}")):
+            return tech
+    return None
+
+
+def read_meta_table(path: str) -> dict[str, dict[str, str]]:
+    """``meta_all_gene.csv`` as ``{slide: {column: value}}`` (empty values left out)."""
+    frame = read_csv(path, dtype=str, keep_default_na=False)
+    key = "slide" if "slide" in frame.columns else frame.columns[0]
+    table: dict[str, dict[str, str]] = {}
+    for row in frame.to_dict("records"):
+        slide = str(row.pop(key)).strip()
+        table[slide] = {str(k).strip(): str(v) for k, v in row.items() if str(v).strip() != ""}
+    return table
+
+
+def apply_meta(ref: SlideRef, row: Optional[dict[str, str]]) -> SlideRef:
+    """``ref`` with species/tissue/meta filled from a meta row; values already on ``ref`` win."""
+    if not row:
+        return ref
+    meta = {k: v for k, v in row.items() if k not in ("species", "tissue")}
+    meta.update(ref.meta)
+    return dataclasses.replace(ref, species=ref.species or row.get("species"),
+                               tissue=ref.tissue or row.get("tissue"), meta=meta)
+
+
+# ---------------------------------------------------------------- reading
+
+def _coords(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Spot ids, x, y and radius from a ``_coord.csv``."""
+    frame = guarded(path, "coordinates file", lambda: read_csv(path, index_col=0))
+    require_columns(frame, ("xaxis", "yaxis", "r"), path)
+    ids = as_ids(frame.index)
+    check_unique(ids, path)
+    return (ids, as_float(frame["xaxis"], path, "xaxis"), as_float(frame["yaxis"], path, "yaxis"),
+            as_float(frame["r"], path, "r"))
+
+
+def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]]) -> Optional[np.ndarray]:
+    """Labels from the annotation file aligned to ``ids`` (None where unannotated); problems -> warnings."""
+    if not path:
+        return None
+    if not storage.exists(path):
+        warnings.append(("annotation_missing", f"annotation file not found: {path}"))
+        return None
+    try:
+        frame = read_csv(path, sep="\t", index_col=0, dtype=str)
+    except Exception as error:  # an annotation problem never sinks the slide
+        warnings.append(("annotation_unreadable", f"{path}: {type(error).__name__}: {error}"))
+        return None
+    if frame.shape[1] == 0:
+        warnings.append(("annotation_unreadable", f"{path} has no label column"))
+        return None
+    column = LABEL_COLUMN if LABEL_COLUMN in frame.columns else frame.columns[-1]
+    labels = frame[column]
+    labels.index = as_ids(labels.index)
+    labels = labels[~labels.index.duplicated(keep="first")]
+    unknown = labels.index.difference(pd.Index(ids))
+    if len(unknown):
+        warnings.append(("annotation_unmatched", f"{len(unknown)} annotated spot id(s) of {path} are not in the "
+                                                 f"coordinates, e.g. {preview(unknown)}"))
+    aligned = labels.reindex(ids).to_numpy(dtype=object)
+    return np.array([None if pd.isna(v) else str(v) for v in aligned], dtype=object)
+
+
+def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
+    """Fill species/tissue/meta from the release's meta CSV when the ref has none yet."""
+    if ref.meta and ref.species and ref.tissue:
+        return ref
+    path = ref.paths.get("meta") or (storage.join(ref.paths["root"], *META_PATH) if ref.paths.get("root") else None)
+    if not path or not storage.exists(path):
+        return ref
+    try:
+        table = read_meta_table(path)
+    except Exception as error:
+        warnings.append(("meta_unreadable", f"{path}: {type(error).__name__}: {error}"))
+        return ref
+    if ref.slide_id not in table:
+        warnings.append(("meta_missing", f"slide {ref.slide_id} has no row in {path}"))
+    return apply_meta(ref, table.get(ref.slide_id))
+
+
+def _resolve(ref: SlideRef) -> SlideRef:
+    """Fill missing role paths from ``root`` (the release root) and the slide id."""
+    needed = ("image", "coords", "counts")
+    if all(ref.paths.get(role) for role in needed) or not ref.paths.get("root"):
+        return ref
+    tech = ref.technology if ref.technology in TECH_FOLDERS else find_technology(ref.paths["root"], ref.slide_id)
+    derived = slide_paths(ref.paths["root"], tech or "Visium", ref.slide_id)
+    if not storage.exists(derived["annotation"]):
+        derived.pop("annotation")
+    return dataclasses.replace(ref, paths={**derived, **ref.paths})
+
+
+def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
+    """Read one STimage-1K4M slide: coordinates, radius, labels and metadata (no image, no counts)."""
+    options = options or ReaderOptions()
+    ref = _resolve(ref)
+    warnings: list[tuple[str, str]] = []
+    coords = ref.paths.get("coords")
+    if not coords:
+        raise SlideError("coords_unreadable", f"no coordinates file given for slide {ref.slide_id}")
+    ids, x, y, radius = _coords(coords)
+    image = image_or_missing(options.image_override or ref.paths.get("image"), "image")
+    counts = ref.paths.get("counts")
+    if not counts or not storage.exists(counts):
+        raise SlideError("expression_missing", f"counts file not found: {counts}")
+    labels = _labels(ref.paths.get("annotation"), ids, warnings)
+    ref = _with_meta(ref, warnings)
+    diameter = 2.0 * float(np.median(radius)) if len(radius) else 0.0
+    physical = SPOT_DIAMETER_UM.get(ref.technology)
+    return SlideRecord(
+        ref=ref, image_uri=image, spots=make_spots(ids, x, y, label=labels), spot_diameter_px=diameter,
+        expression=ExpressionSource("dense_csv", counts, {"sep": ","}),
+        microns_per_pixel=physical / diameter if physical and diameter > 0 else None,
+        warnings=warnings)

@@ -1,0 +1,110 @@
+"""Space Ranger VisiumHD output (layout ``visiumhd``).
+
+``binned_outputs/square_{002,008,016}um/`` each hold ``filtered_feature_bc_matrix.h5``,
+``spatial/tissue_positions.parquet`` and ``spatial/scalefactors_json.json`` (with ``bin_size_um`` and
+``microns_per_pixel``). A slide has hundreds of thousands of bins, so everything here is vectorised.
+The image is a full-res ``image.tif`` (etc.) in the slide folder, else the hires PNG, scaled.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stlake import storage
+from stlake.readers.common import ReaderOptions, find_fullres_image, guarded
+from stlake.readers.visium import (HIRES_IMAGE, POSITION_COLUMNS, choose_image, expression_source,
+                                   find_matrix, read_positions_csv, read_scalefactors, scale_factor, scaled,
+                                   spatial_files, spots_from_columns)
+from stlake.records import SlideError, SlideRecord, SlideRef
+
+BINNED = "binned_outputs"
+BIN_POSITION_FILES = ("tissue_positions.parquet", "tissue_positions.csv")
+
+
+def bin_folder_name(bin_size_um: int) -> str:
+    """``square_008um`` for 8."""
+    return f"square_{int(bin_size_um):03d}um"
+
+
+def available_bins(root: str) -> list[str]:
+    """The ``square_*um`` folders under ``binned_outputs``."""
+    return [n for n in storage.list_dir(storage.join(root, BINNED)) if n.startswith("square_")]
+
+
+def resolve_paths(paths: dict[str, str], bin_size_um: int = 8) -> dict[str, str]:
+    """Fill missing roles (bin_dir, positions, scalefactors, matrix, image, hires_image); given roles win."""
+    root = paths.get("root")
+    derived: dict[str, str] = {}
+    bin_dir = paths.get("bin_dir") or (storage.join(root, BINNED, bin_folder_name(bin_size_um)) if root else None)
+    if bin_dir:
+        derived["bin_dir"] = bin_dir
+        derived.update(spatial_files(storage.join(bin_dir, "spatial"), BIN_POSITION_FILES))
+        if not (paths.get("matrix_h5") or paths.get("matrix_dir")):
+            derived.update(find_matrix(bin_dir))
+    if root:
+        if "hires_image" not in derived and storage.exists(storage.join(root, "spatial", HIRES_IMAGE)):
+            derived["hires_image"] = storage.join(root, "spatial", HIRES_IMAGE)
+        if not paths.get("image"):
+            image = find_fullres_image(root)
+            if image:
+                derived["image"] = image
+    return {**derived, **paths}
+
+
+def read_positions_parquet(path: str) -> pa.Table:
+    """The position columns of ``tissue_positions.parquet``."""
+    def parse() -> pa.Table:
+        with storage.open_input(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            missing = [c for c in POSITION_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise SlideError("coords_unreadable", f"{path} lacks column(s) {', '.join(missing)}")
+            return parquet.read(columns=list(POSITION_COLUMNS))
+    return guarded(path, "tissue positions file", parse)
+
+
+def _columns(path: str) -> list:
+    """The six position columns as numpy/pandas-compatible arrays, from parquet or CSV."""
+    if path.endswith(".parquet"):
+        table = read_positions_parquet(path)
+        return [table.column(c).to_numpy() for c in POSITION_COLUMNS]
+    frame = read_positions_csv(path)
+    return [frame[c] for c in POSITION_COLUMNS]
+
+
+def _check_bin(ref: SlideRef, bin_size_um: int) -> None:
+    """Raise ``bin_size_unavailable`` when the chosen bin folder does not exist."""
+    bin_dir = ref.paths.get("bin_dir")
+    if bin_dir and not storage.exists(bin_dir):
+        have = available_bins(ref.paths["root"]) if ref.paths.get("root") else []
+        raise SlideError("bin_size_unavailable", f"no {bin_folder_name(bin_size_um)} bins: {bin_dir} does not exist "
+                                                 f"(available: {', '.join(have) or 'none'})")
+
+
+def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
+    """Read one VisiumHD slide at ``options.bin_size_um``: bins, bin size in px, image choice."""
+    options = options or ReaderOptions()
+    ref = dataclasses.replace(ref, paths=resolve_paths(ref.paths, options.bin_size_um))
+    _check_bin(ref, options.bin_size_um)
+    positions = ref.paths.get("positions")
+    if not positions:
+        raise SlideError("coords_unreadable", f"no spatial/tissue_positions.parquet in {ref.paths.get('bin_dir')}")
+    spots = spots_from_columns(positions, *_columns(positions), options.in_tissue_only)
+    scalefactors_path = ref.paths.get("scalefactors", "")
+    factors = read_scalefactors(scalefactors_path)
+    bin_um = float(factors.get("bin_size_um") or options.bin_size_um)
+    if factors.get("spot_diameter_fullres"):
+        diameter = scale_factor(factors, "spot_diameter_fullres", scalefactors_path)
+        mpp = float(factors.get("microns_per_pixel") or bin_um / diameter)
+    else:
+        mpp = scale_factor(factors, "microns_per_pixel", scalefactors_path)
+        diameter = bin_um / mpp
+    hires_candidates = [storage.join(ref.paths["root"], "spatial", HIRES_IMAGE)] if ref.paths.get("root") else []
+    image, scale, source, warnings = choose_image(ref, options, hires_candidates, factors, scalefactors_path)
+    return SlideRecord(
+        ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
+        expression=expression_source(ref.paths), microns_per_pixel=mpp / scale,
+        coord_scale=scale, image_source=source, warnings=warnings)

@@ -1,0 +1,157 @@
+"""Slide discovery: a scanned root holding all four layouts, CSV and YAML manifests, duplicates."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stlake.discover import MAX_DEPTH, discover, resolve_relative
+from stlake.readers import ReaderOptions, read_slide
+
+
+def _fixtures():
+    """The fixture builders of test_readers.py, loaded by path (works in any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location("_reader_fixtures", Path(__file__).with_name("test_readers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fx = _fixtures()
+
+
+def make_root(root: Path) -> Path:
+    """All four layouts at different depths, plus a folder that is none of them."""
+    fx.make_stimage(root / "releases" / "stimage_1k4m")
+    fx.make_visium(root / "visium" / "V1" / "outs")
+    fx.make_visium(root / "visium" / "V2", fullres=False, header=True, matrix="mtx")
+    fx.make_visiumhd(root / "hd" / "HD1")
+    fx.make_st(root / "st" / "patientA" / "ST1", name="ST1")
+    fx.write(root / "misc" / "notes.txt", "not a slide")
+    return root
+
+
+def test_scan_finds_all_layouts(tmp_path):
+    root = make_root(tmp_path / "data")
+    refs = discover(str(root))
+    assert [r.slide_id for r in refs] == ["HD1", "ST1", "V1", "V2", "slideA", "slideS"]
+    by_id = {r.slide_id: r for r in refs}
+    assert {k: (r.layout, r.technology) for k, r in by_id.items()} == {
+        "HD1": ("visiumhd", "VisiumHD"), "ST1": ("st", "ST"), "V1": ("visium", "Visium"),
+        "V2": ("visium", "Visium"), "slideA": ("stimage", "Visium"), "slideS": ("stimage", "ST")}
+    release = root / "releases" / "stimage_1k4m"
+    a = by_id["slideA"]
+    assert a.paths["coords"] == str(release / "Visium" / "coord" / "slideA_coord.csv")
+    assert a.paths["image"] == str(release / "Visium" / "image" / "slideA.png")
+    assert a.paths["counts"] == str(release / "Visium" / "gene_exp" / "slideA_count.csv")
+    assert a.paths["annotation"] == str(release / "annotation" / "slideA_anno.csv")
+    assert "annotation" not in by_id["slideS"].paths
+    assert (a.species, a.tissue, a.meta["title"]) == ("human", "brain", "A title")
+    assert (by_id["slideS"].species, by_id["slideS"].tissue) == ("mouse", "kidney")
+    assert by_id["V1"].paths["root"] == str(root / "visium" / "V1" / "outs")
+    assert by_id["V1"].paths["image"].endswith("image.tif") and "image" not in by_id["V2"].paths
+    assert by_id["V2"].paths["matrix_dir"].endswith("filtered_feature_bc_matrix")
+    assert by_id["HD1"].paths == {"root": str(root / "hd" / "HD1"), "image": str(root / "hd" / "HD1" / "image.tif")}
+    st_paths = by_id["ST1"].paths
+    assert st_paths["counts"].endswith("ST1_stdata.tsv.gz") and st_paths["spot_detector"].endswith("_spot_detector.tsv")
+    assert st_paths["image"].endswith("ST1_HE.jpg")
+    records = {r.slide_id: read_slide(r) for r in refs}
+    assert {k: len(r.spots) for k, r in records.items()} == {"HD1": 4, "ST1": 3, "V1": 3, "V2": 3, "slideA": 3,
+                                                           "slideS": 2}
+    assert records["V2"].image_source == "hires" and records["slideA"].spots.label[0] == "tumor"
+    assert len(read_slide(by_id["HD1"], ReaderOptions(bin_size_um=16)).spots) == 2
+
+
+def test_scan_layout_filter_and_depth_limit(tmp_path):
+    root = make_root(tmp_path / "data")
+    assert [r.slide_id for r in discover(str(root), layouts=("visium", "st"))] == ["ST1", "V1", "V2"]
+    deep = tmp_path / "deep"
+    fx.make_st(deep.joinpath(*["a"] * (MAX_DEPTH - 1)) / "reachable", name="r")
+    fx.make_st(deep.joinpath(*["b"] * MAX_DEPTH) / "too_deep", name="t")
+    assert [r.slide_id for r in discover(str(deep))] == ["reachable"]
+
+
+def test_scan_duplicate_slide_id_names_both_paths(tmp_path):
+    root = tmp_path / "data"
+    fx.make_visium(root / "batch1" / "S1")
+    fx.make_st(root / "batch2" / "S1", name="x")
+    with pytest.raises(ValueError) as error:
+        discover(str(root))
+    assert str(root / "batch1" / "S1") in str(error.value) and str(root / "batch2" / "S1") in str(error.value)
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        discover(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError):
+        discover(str(tmp_path), layouts=["bogus"])
+
+
+MANIFEST_ROWS = [
+    {"slide_id": "slideA", "layout": "stimage", "path": "data/releases/stimage_1k4m", "species": "Homo sapiens"},
+    {"slide_id": "V1", "layout": "visium", "path": "data/visium/V1/outs", "tissue": "lymph node"},
+    {"slide_id": "V2x", "layout": "visium", "path": "data/visium/V2", "image": "images/v2_full.jpg"},
+    {"slide_id": "HD1", "layout": "visiumhd", "path": "data/hd/HD1"},
+    {"slide_id": "ST1", "layout": "st", "path": "data/st/patientA/ST1", "technology": "ST", "donor": "p7"},
+]
+
+
+def check_manifest_refs(tmp_path: Path, refs) -> None:
+    data = tmp_path / "data"
+    assert [r.slide_id for r in refs] == ["HD1", "ST1", "V1", "V2x", "slideA"]
+    by_id = {r.slide_id: r for r in refs}
+    a = by_id["slideA"]
+    assert (a.layout, a.technology) == ("stimage", "Visium")
+    assert a.paths["coords"] == str(data / "releases" / "stimage_1k4m" / "Visium" / "coord" / "slideA_coord.csv")
+    assert (a.species, a.tissue, a.meta["pmid"]) == ("Homo sapiens", "brain", "123")  # manifest wins over meta
+    assert by_id["V1"].tissue == "lymph node" and by_id["V1"].paths["root"] == str(data / "visium" / "V1" / "outs")
+    assert by_id["V2x"].paths["image"] == str(tmp_path / "images" / "v2_full.jpg")
+    assert by_id["ST1"].meta == {"donor": "p7"} and by_id["HD1"].technology == "VisiumHD"
+    records = {r.slide_id: read_slide(r) for r in refs}
+    assert records["V2x"].image_source == "fullres" and records["V2x"].spots.x[0] == 2000
+    assert {k: len(r.spots) for k, r in records.items()} == {"HD1": 4, "ST1": 3, "V1": 3, "V2x": 3, "slideA": 3}
+
+
+def test_csv_manifest_with_relative_paths(tmp_path):
+    make_root(tmp_path / "data")
+    fx.write(tmp_path / "images" / "v2_full.jpg", b"\xff\xd8\xff")
+    columns = ["slide_id", "layout", "path", "technology", "species", "tissue", "image", "donor"]
+    lines = [",".join(columns)] + [",".join(row.get(c, "") for c in columns) for row in MANIFEST_ROWS]
+    manifest = fx.write(tmp_path / "manifest.csv", "\n".join(lines) + "\n")
+    check_manifest_refs(tmp_path, discover(str(manifest)))
+    assert [r.slide_id for r in discover(str(manifest), layouts=["stimage"])] == ["slideA"]
+
+
+def test_yaml_manifest_with_relative_paths(tmp_path):
+    make_root(tmp_path / "data")
+    fx.write(tmp_path / "images" / "v2_full.jpg", b"\xff\xd8\xff")
+    manifest = fx.write(tmp_path / "manifest.yaml", yaml.safe_dump({"slides": MANIFEST_ROWS}))
+    check_manifest_refs(tmp_path, discover(str(manifest)))
+
+
+def test_manifest_explicit_role_paths_and_errors(tmp_path):
+    fx.make_st(tmp_path / "files", name="q")
+    rows = [{"slide_id": "Q", "layout": "st", "counts": "files/q_stdata.tsv.gz",
+             "spot_detector": "files/q_spot_detector.tsv", "image": "files/q_HE.jpg"}]
+    manifest = fx.write(tmp_path / "m.yml", yaml.safe_dump({"slides": rows}))
+    [ref] = discover(str(manifest))
+    assert ref.paths == {"counts": str(tmp_path / "files" / "q_stdata.tsv.gz"),
+                         "spot_detector": str(tmp_path / "files" / "q_spot_detector.tsv"),
+                         "image": str(tmp_path / "files" / "q_HE.jpg")}
+    assert len(read_slide(ref).spots) == 3
+    fx.write(tmp_path / "dup.yml", yaml.safe_dump({"slides": rows + [dict(rows[0], counts="other.tsv")]}))
+    with pytest.raises(ValueError, match="found twice"):
+        discover(str(tmp_path / "dup.yml"))
+    fx.write(tmp_path / "bad.csv", "slide_id,layout,path\nX,imaginary,somewhere\n")
+    with pytest.raises(ValueError, match="layout"):
+        discover(str(tmp_path / "bad.csv"))
+
+
+def test_resolve_relative():
+    assert resolve_relative("a/b.csv", "s3://bucket/manifests") == "s3://bucket/manifests/a/b.csv"
+    assert resolve_relative("../data/x", "s3://bucket/manifests") == "s3://bucket/data/x"
+    assert resolve_relative("s3a://other/key", "s3://bucket/m") == "s3://other/key"
+    assert resolve_relative("/abs/path", "s3://bucket/m") == "/abs/path"
+    assert resolve_relative("x/../y", "/base") == "/base/y"
