@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Other modules (stream, train) add subcommands here: each item gets the subparsers object.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
+from stlake.stream.cli import register as _register_stream; EXTRA_COMMANDS.append(_register_stream)
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)

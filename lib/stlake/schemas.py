@@ -110,9 +110,19 @@ PAIRS = pa.schema([
     ("total_counts", pa.int64()),
 ])
 
+# Named gene panels (e.g. ``hvg256``: top highly variable genes per species, from ``stlake hvg``).
+GENE_PANELS = pa.schema([
+    ("panel", pa.string()),
+    ("rank", pa.int32()),  # 1 = first column of the panel (per species)
+    ("gene_id", pa.int64()),
+    ("species", pa.string()),
+    ("symbol", pa.string()),
+    ("score", pa.float64()),  # what ranked the gene (e.g. normalised dispersion)
+])
+
 TABLES: dict[str, pa.Schema] = {
     "slides": SLIDES, "spots": SPOTS, "expression": EXPRESSION, "genes": GENES,
-    "annotations": ANNOTATIONS, "rejects": REJECTS, "pairs": PAIRS,
+    "annotations": ANNOTATIONS, "rejects": REJECTS, "pairs": PAIRS, "gene_panels": GENE_PANELS,
 }
 
 # No table is partitioned: every data file holds the rows of exactly one slide, so the per-file

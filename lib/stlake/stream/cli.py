@@ -1,0 +1,121 @@
+"""``stlake pairs``, ``stlake hvg`` and ``stlake stream`` (registered into :mod:`stlake.cli` by ``register``)."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Optional
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every :class:`~stlake.stream.StreamSpec` option as a flag (lists: repeat or comma-separate)."""
+    parser.add_argument("--lake", default="./lake")
+    parser.add_argument("--table", default="pairs")
+    parser.add_argument("--version", type=int, help="Delta version to read (default: latest)")
+    for flag, dest in (("--technology", "technologies"), ("--species", "species"), ("--tissue", "tissues"),
+                       ("--label", "labels"), ("--slide", "slide_ids")):
+        parser.add_argument(flag, dest=dest, action="append", type=_list, help="filter (repeatable, a,b,c)")
+    parser.add_argument("--min-tissue-fraction", type=float)
+    parser.add_argument("--panel", type=_list, help="explicit panel: gene ids / symbols, comma-separated")
+    parser.add_argument("--panel-name", help="stored panel, e.g. hvg256 (default when no --panel)")
+    parser.add_argument("--normalize", choices=("none", "log1p", "normalize_total_log1p"), default="none")
+    parser.add_argument("--target-sum", type=float, default=1e4, help="0 = median of total counts (scanpy)")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8")
+    parser.add_argument("--image-normalize", action="store_true", help="ImageNet mean/std (float32)")
+    parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_false")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cur-shard", type=int)
+    parser.add_argument("--shard-count", type=int)
+    parser.add_argument("--epochs", dest="num_epochs", type=int, default=1, help="0 = forever")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--drop-last", action="store_true")
+    parser.add_argument("--shuffle-buffer", type=int, default=8192)
+    parser.add_argument("--workers", dest="workers_count", type=int, default=1, help="Petastorm reader threads")
+    parser.add_argument("--decode-threads", type=int)
+
+
+def spec_from_args(args: argparse.Namespace):
+    from stlake.stream.spec import StreamSpec
+    values = {name: getattr(args, name) for name in StreamSpec.field_names() if hasattr(args, name)}
+    for name in ("technologies", "species", "tissues", "labels", "slide_ids"):
+        if values.get(name) is not None:
+            values[name] = [v for group in values[name] for v in group]
+    if values.get("target_sum") == 0:
+        values["target_sum"] = None
+    if values.get("num_epochs") == 0:
+        values["num_epochs"] = None
+    return StreamSpec(**values)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Stream a few batches; print their shapes and the throughput."""
+    from stlake.stream import make_loader
+    spec = spec_from_args(args)
+    with make_loader(spec) as loader:
+        print(f"{spec.table} v{loader.version}: {len(loader.files)} files, panel of {loader.panel.n_genes} genes "
+              f"({', '.join(map(str, loader.panel.symbols[:5]))}{', ...' if loader.panel.n_genes > 5 else ''})")
+        start, samples, batches = time.perf_counter(), 0, 0
+        for batch in loader:
+            batches += 1
+            samples += len(batch["slide_id"])
+            if batches <= 3:
+                print(f"batch {batches}: image {tuple(batch['image'].shape)} {batch['image'].dtype}, "
+                      f"expression {tuple(batch['expression'].shape)}, first {batch['slide_id'][0]}/"
+                      f"{batch['spot_id'][0]} label={batch['label'][0]}")
+            if args.batches and batches >= args.batches:
+                break
+        elapsed = time.perf_counter() - start
+    print(f"{samples} samples in {batches} batches, {elapsed:.2f} s: {samples / max(elapsed, 1e-9):,.0f} samples/s")
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from stlake.pairs import build_pairs
+    from stlake.spark import spark_session
+    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids)
+    print(f"pairs: version {version}")
+    return 0
+
+
+def cmd_hvg(args: argparse.Namespace) -> int:
+    from stlake.panel import compute_hvg
+    from stlake.spark import spark_session
+    rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
+                       min_spots=args.min_spots)
+    name = args.name or f"hvg{args.k}"
+    print(f"{name}: {rows.num_rows} genes")
+    for row in rows.slice(0, 10).to_pylist():
+        print(f"  {row['species']:8s} #{row['rank']:<4d} {row['symbol'] or row['gene_id']!s:16s} score {row['score']:.2f}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``stream``, ``pairs`` and ``hvg`` to the ``stlake`` command line."""
+    stream = sub.add_parser("stream", help="stream batches from the lake (Petastorm -> torch) and time them")
+    add_stream_arguments(stream)
+    stream.add_argument("--batches", type=int, default=5, help="stop after this many batches (0 = all)")
+    stream.set_defaults(run=cmd_stream)
+    pairs = sub.add_parser("pairs", help="join spots + expression + slides into the pairs table (Spark)")
+    pairs.add_argument("--lake", default="./lake")
+    pairs.add_argument("--slide", dest="slide_ids", action="append", help="rebuild only these slides")
+    pairs.add_argument("--master")
+    pairs.set_defaults(run=cmd_pairs)
+    hvg = sub.add_parser("hvg", help="top-k highly variable genes per species -> gene_panels (Spark)")
+    hvg.add_argument("--lake", default="./lake")
+    hvg.add_argument("--k", type=int, default=256)
+    hvg.add_argument("--name", help="panel name (default hvg{k})")
+    hvg.add_argument("--min-spots", type=int, default=3)
+    hvg.add_argument("--master")
+    hvg.set_defaults(run=cmd_hvg)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="stlake-stream")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.run(args)

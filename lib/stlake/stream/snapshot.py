@@ -1,0 +1,164 @@
+"""Which data files of a Delta snapshot a stream reads, and which filters still need a row-level check.
+
+The file list comes from the Delta log's add actions (never a directory listing), so files removed by
+a later commit (a re-ingested slide, a rebuilt ``pairs``) are never read even though they stay on disk
+until ``VACUUM``. Each file's min/max statistics prune it when no row can match a filter; a filter is
+then also checked per row only where some kept file's statistics cannot prove that all rows match.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from stlake import storage, tables
+from stlake.stream.spec import StreamSpec
+
+# spec field -> table column, for the set-valued filters
+SET_FILTERS = {"technologies": "technology", "species": "species", "tissues": "tissue",
+               "labels": "label", "slide_ids": "slide_id"}
+TISSUE_COLUMN = "tissue_fraction"
+
+
+@dataclass
+class Selection:
+    """The files to read (absolute URIs, sorted) and the row-level checks still needed."""
+
+    version: int
+    files: list[str]
+    num_records: int  # rows in the kept files (an upper bound of the rows streamed)
+    total_files: int  # files in the snapshot before pruning
+    row_sets: dict[str, frozenset] = field(default_factory=dict)  # column -> allowed values (None = null)
+    row_min_tissue_fraction: Optional[float] = None
+
+    @property
+    def row_columns(self) -> list[str]:
+        """Columns a row-level predicate reads."""
+        columns = sorted(self.row_sets)
+        return columns + ([TISSUE_COLUMN] if self.row_min_tissue_fraction is not None else [])
+
+
+def open_snapshot(lake: str, table: str, version: Optional[int] = None) -> DeltaTable:
+    """The table at ``version`` (latest when None); a clear error when the table does not exist."""
+    try:
+        return DeltaTable(tables.table_uri(lake, table), version=version,
+                          storage_options=storage.delta_storage_options())
+    except TableNotFoundError as error:
+        hint = " (build it with `stlake pairs`)" if table == "pairs" else ""
+        raise FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}") from error
+
+
+def file_uris(snapshot: DeltaTable, actions: pa.Table) -> list[str]:
+    """Absolute URIs of the add actions' files, in the actions' order."""
+    uris = [u[len("file://"):] if u.startswith("file://") else u for u in snapshot.file_uris()]
+    by_name = {uri.rsplit("/", 1)[-1]: uri for uri in uris}
+    try:
+        return [by_name[path.rsplit("/", 1)[-1]] for path in actions.column("path").to_pylist()]
+    except KeyError as error:
+        raise RuntimeError(f"add action {error} has no matching file URI") from error
+
+
+def _column(actions: pa.Table, name: str, n: int) -> list:
+    return actions.column(name).to_pylist() if name in actions.column_names else [None] * n
+
+
+def _set_filter(actions: pa.Table, column: str, allowed: frozenset) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, decided): a file may hold a match / every row of the file is known to match."""
+    n = actions.num_rows
+    lows, highs = _column(actions, f"min.{column}", n), _column(actions, f"max.{column}", n)
+    nulls, records = _column(actions, f"null_count.{column}", n), _column(actions, "num_records", n)
+    values = sorted(v for v in allowed if v is not None)
+    keep, decided = np.ones(n, bool), np.zeros(n, bool)
+    for i, (low, high, null, rows) in enumerate(zip(lows, highs, nulls, records)):
+        if null is not None and rows is not None and null == rows:  # only nulls in this file
+            keep[i] = decided[i] = None in allowed
+        elif low is None or high is None:  # no statistics: read it, check rows
+            keep[i] = True
+        else:
+            hit = any(low <= v <= high for v in values)
+            keep[i] = hit or (None in allowed and bool(null))
+            decided[i] = low == high and low in allowed and null == 0
+    return keep, decided
+
+
+def _tissue_filter(actions: pa.Table, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    n = actions.num_rows
+    lows, highs = _column(actions, f"min.{TISSUE_COLUMN}", n), _column(actions, f"max.{TISSUE_COLUMN}", n)
+    nulls = _column(actions, f"null_count.{TISSUE_COLUMN}", n)
+    keep = np.array([h is None or h >= threshold for h in highs], bool)
+    decided = np.array([lo is not None and lo >= threshold and nl == 0 for lo, nl in zip(lows, nulls)], bool)
+    return keep, decided
+
+
+def select_files(spec: StreamSpec) -> Selection:
+    """Prune the snapshot's files with the spec's filters; list the filters left for rows."""
+    snapshot = open_snapshot(spec.lake, spec.table, spec.version)
+    actions = tables.add_actions(snapshot)
+    uris = file_uris(snapshot, actions) if actions.num_rows else []
+    keep = np.ones(actions.num_rows, bool)
+    row_sets: dict[str, frozenset] = {}
+    for name, column in SET_FILTERS.items():
+        allowed = getattr(spec, name)
+        if allowed is None:
+            continue
+        allowed = frozenset(allowed)
+        file_keep, decided = _set_filter(actions, column, allowed)
+        keep &= file_keep
+        if not decided[keep].all():
+            row_sets[column] = allowed
+    row_tissue = None
+    if spec.min_tissue_fraction is not None:
+        file_keep, decided = _tissue_filter(actions, spec.min_tissue_fraction)
+        keep &= file_keep
+        if not decided[keep].all():
+            row_tissue = float(spec.min_tissue_fraction)
+    records = _column(actions, "num_records", actions.num_rows)
+    chosen = sorted(np.flatnonzero(keep).tolist(), key=lambda i: uris[i])
+    return Selection(snapshot.version(), [uris[i] for i in chosen], int(sum(records[i] or 0 for i in chosen)),
+                     actions.num_rows, row_sets, row_tissue)
+
+
+def row_mask(frame, row_sets: dict[str, Iterable], min_tissue_fraction: Optional[float]) -> np.ndarray:
+    """Boolean mask of the rows of a pandas DataFrame or pyarrow Table that pass the row-level filters."""
+    n = len(frame)
+    mask = np.ones(n, bool)
+    for column, allowed in row_sets.items():
+        values = frame[column] if not isinstance(frame, pa.Table) else frame.column(column).to_pandas()
+        allowed = set(allowed)
+        hit = values.isin([v for v in allowed if v is not None]).to_numpy()
+        if None in allowed:
+            hit |= values.isna().to_numpy()
+        mask &= hit
+    if min_tissue_fraction is not None:
+        values = frame[TISSUE_COLUMN] if not isinstance(frame, pa.Table) else frame.column(TISSUE_COLUMN).to_pandas()
+        mask &= (values.to_numpy(dtype=np.float64, na_value=np.nan) >= min_tissue_fraction)
+    return mask
+
+
+def read_columns(files: list[str], columns: list[str]) -> pa.Table:
+    """Some columns of the given files (e.g. ``total_counts`` for the median), read with pyarrow."""
+    parts = []
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        parts.append(pq.read_table(path, columns=columns, filesystem=fs))
+    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.null()) for c in columns})
+
+
+def median_total_counts(selection: Selection) -> float:
+    """scanpy's default ``target_sum``: the median of the positive total counts of the selected rows."""
+    columns = ["total_counts", *selection.row_columns]
+    rows = read_columns(selection.files, columns)
+    if rows.num_rows == 0:
+        return 1.0
+    mask = row_mask(rows, selection.row_sets, selection.row_min_tissue_fraction)
+    totals = rows.column("total_counts").to_numpy(zero_copy_only=False)[mask]
+    totals = totals[totals > 0]
+    return float(np.median(totals)) if totals.size else 1.0
+
+
+__all__ = ["Selection", "select_files", "row_mask", "median_total_counts", "open_snapshot"]

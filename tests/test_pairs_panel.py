@@ -1,0 +1,125 @@
+"""Spark jobs of the streaming layer: the ``pairs`` join and the highly-variable-gene panel."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pytest
+
+from stlake import panel as panel_mod
+from stlake import schemas, tables
+from stlake.pairs import build_pairs
+from stlake.stream import StreamSpec, make_loader, resolve_panel
+from stlake.stream import testlake as tl
+
+N_GENES = 40
+SLIDES = [tl.FakeSlide("p0", 0, "Visium", n_spots=30), tl.FakeSlide("p1", 1, "ST", tissue="liver", n_spots=30),
+          tl.FakeSlide("p2", 2, "Visium", species="mouse", n_spots=30)]
+PLANTED = 17  # gene index with a planted bimodal expression in every slide
+
+
+def planted_counts(n: int) -> list[int]:
+    return [60 if j % 2 else 0 for j in range(n)]
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from stlake.spark import spark_session
+    return spark_session("stlake-test-stream", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> str:
+    lake = str(tmp_path_factory.mktemp("lake"))
+    extra = {s.slide_id: {PLANTED: planted_counts(tl.n_spots(s))} for s in SLIDES}
+    tl.write_sources(lake, SLIDES, N_GENES, extra_counts=extra)
+    return lake
+
+
+def pair_keys(lake: str) -> list[tuple[str, str]]:
+    rows = tables.read_table(lake, "pairs", columns=["slide_id", "spot_id"])
+    return list(zip(rows.column("slide_id").to_pylist(), rows.column("spot_id").to_pylist()))
+
+
+def test_build_pairs_joins_spots_expression_slides_and_reruns_without_duplicates(spark, lake):
+    version = build_pairs(spark, lake, run_id="b1")
+    rows = tables.read_table(lake, "pairs").sort_by([("slide_id", "ascending"), ("spot_id", "ascending")])
+    assert rows.schema.equals(schemas.PAIRS)
+    sources = {s.slide_id: tl.source_tables(s, N_GENES, extra_counts={PLANTED: planted_counts(s.n_spots)})
+               for s in SLIDES}
+    assert rows.num_rows == sum(tl.n_spots(s) for s in SLIDES) == len(set(pair_keys(lake)))
+    by_slide = {s.slide_id: s for s in SLIDES}
+    for row in rows.slice(0, rows.num_rows).to_pylist()[::7]:
+        slide = by_slide[row["slide_id"]]
+        spot = [r for r in sources[slide.slide_id]["spots"].to_pylist() if r["spot_id"] == row["spot_id"]][0]
+        expr = [r for r in sources[slide.slide_id]["expression"].to_pylist() if r["spot_id"] == row["spot_id"]][0]
+        assert (row["species"], row["tissue"], row["technology"]) == (slide.species, slide.tissue, slide.technology)
+        assert row["tile"] == spot["tile"] and row["label"] == spot["label"]
+        assert abs(row["tissue_fraction"] - spot["tissue_fraction"]) < 1e-6
+        assert row["gene_ids"] == expr["gene_ids"] and row["counts"] == expr["counts"]
+        assert row["total_counts"] == expr["total_counts"]
+    actions = tables.add_actions(tables.open_table(lake, "pairs"))
+    lows, highs = actions.column("min.slide_id").to_pylist(), actions.column("max.slide_id").to_pylist()
+    assert lows == highs and sorted(lows) == sorted(s.slide_id for s in SLIDES)  # one slide per file
+
+    assert build_pairs(spark, lake, run_id="b2") == version + 1  # full rebuild: same rows, no duplicates
+    assert len(pair_keys(lake)) == len(set(pair_keys(lake))) == rows.num_rows
+
+    again = tl.FakeSlide("p1", 1, "ST", tissue="liver", n_spots=30, variant=2)  # re-ingested: 32 spots
+    tl.write_sources(lake, [again], N_GENES, run_id="r2", extra_counts={"p1": {PLANTED: planted_counts(32)}})
+    build_pairs(spark, lake, run_id="b3", slide_ids=["p1"])
+    keys = pair_keys(lake)
+    assert len(keys) == len(set(keys)) == 30 + 32 + 30
+    assert sum(1 for s, _ in keys if s == "p1") == 32
+    p1 = tables.read_table(lake, "pairs").filter(pc.equal(pc.field("slide_id"), "p1"))
+    assert set(p1.column("total_counts").to_pylist()) == set(
+        tl.source_tables(again, N_GENES, extra_counts={PLANTED: planted_counts(32)})["expression"]
+        .column("total_counts").to_pylist())
+
+
+def test_gene_statistics_include_zeros(spark, lake):
+    stats = panel_mod.gene_stats(spark, lake)
+    human = stats[stats["species"] == "human"]
+    mean, var = panel_mod.mean_var(human)
+    rows = tables.read_table(lake, "expression")
+    slides = {s["slide_id"] for s in tables.read_table(lake, "slides").to_pylist() if s["species"] == "human"}
+    ids = list(human["gene_id"])
+    dense = np.zeros((0, len(ids)))
+    for row in rows.to_pylist():
+        if row["slide_id"] in slides:
+            y = np.zeros(len(ids))
+            for g, c in zip(row["gene_ids"], row["counts"]):
+                if g in ids:
+                    y[ids.index(g)] = np.log1p(c / row["total_counts"] * 1e4)
+            dense = np.vstack([dense, y])
+    assert np.allclose(mean, dense.mean(0)) and np.allclose(var, dense.var(0, ddof=1))
+
+
+def test_compute_hvg_ranks_the_planted_gene_first_and_replaces_the_panel(spark, lake):
+    rows = panel_mod.compute_hvg(spark, lake, k=5)
+    assert set(rows.column("panel").to_pylist()) == {"hvg5"}
+    for species in ("human", "mouse"):
+        mine = [r for r in rows.to_pylist() if r["species"] == species]
+        assert [r["rank"] for r in mine] == [1, 2, 3, 4, 5]
+        assert mine[0]["gene_id"] == tl.gene_ids(species, N_GENES)[PLANTED]
+        assert mine[0]["symbol"] == f"GENE{PLANTED:03d}"
+    panel_mod.compute_hvg(spark, lake, k=5)  # recomputed: the panel's rows are replaced, not appended
+    stored = tables.read_table(lake, "gene_panels")
+    assert stored.num_rows == 10 and panel_mod.panel_names(lake) == ["hvg5"]
+    gene_ids, symbols = resolve_panel(lake, StreamSpec(lake=lake, panel_name="hvg5", species=["human"]))
+    assert symbols[0] == f"GENE{PLANTED:03d}" and len(gene_ids) == 5
+    with make_loader(StreamSpec(lake=lake, panel_name="hvg5", species=["human"], batch_size=16)) as loader:
+        batch = next(iter(loader))
+    assert batch["expression"].shape == (16, 5) and set(batch["slide_id"]) <= {"p0", "p1"}
+
+
+def test_rank_hvg_prefers_dispersion_within_mean_bins():
+    rng = np.random.default_rng(0)
+    n, genes = 200, 60
+    means = np.linspace(0.5, 4, genes)
+    data = rng.normal(means, 0.1 * np.sqrt(means), (n, genes)).clip(0)
+    data[:, 33] = np.where(np.arange(n) % 2, 2 * means[33], 0)  # same mean, huge variance
+    stats = pd.DataFrame({"species": "human", "gene_id": np.arange(genes), "n": n, "n_nonzero": n,
+                          "s1": data.sum(0), "s2": (data ** 2).sum(0)})
+    ranked = panel_mod.rank_hvg(stats, k=3)
+    assert ranked["gene_id"].iloc[0] == 33 and list(ranked["rank"]) == [1, 2, 3]
