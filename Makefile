@@ -31,6 +31,11 @@ demo: venv
 	$(PY) -m stlake.cli ingest --source $(DEMO_DATA)/manifest.csv --lake $(LAKE)
 	$(PY) -m stlake.demo --lake $(LAKE)
 
+demo-s3: venv
+	rm -rf $(DEMO_DATA)
+	$(PY) -m stlake.cli synth --out $(DEMO_DATA) --size small --corrupt
+	$(PY) -m stlake.demo --s3 $(DEMO_DATA)
+
 test: venv
 	$(PY) -m pytest -m "not slow" -q
 

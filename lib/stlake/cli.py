@@ -1,11 +1,12 @@
-"""``stlake`` command line: synth, ingest, sql, tables (more subcommands register themselves below)."""
+"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 from stlake.options import IngestOptions
+from stlake.stream.cli import register as register_stream_commands
 
 
 def _size(text: str) -> int:
@@ -44,9 +45,13 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from stlake.ingest import ingest
+    from stlake.ingest import CommitFailed, ingest
     from stlake.spark import spark_session
-    report = ingest(spark_session("stlake-ingest", args.master), options_from_args(args))
+    try:
+        report = ingest(spark_session("stlake-ingest", args.master), options_from_args(args))
+    except CommitFailed as error:
+        print(f"stlake ingest: {error}", file=sys.stderr)
+        return 2
     print(report.to_json())
     return 0
 
@@ -101,15 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--layouts", nargs="+", default=["stimage", "visium", "visiumhd", "st"])
     synth.add_argument("--corrupt", action="store_true", help="also write broken slides")
     synth.set_defaults(run=cmd_synth)
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    register_stream_commands(sub)
     return parser
-
-
-# Other modules (stream, train) add subcommands here: each item gets the subparsers object.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-from stlake.stream.cli import register as _register_stream; EXTRA_COMMANDS.append(_register_stream)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

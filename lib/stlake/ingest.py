@@ -23,10 +23,24 @@ from stlake.discover import discover
 from stlake.options import IngestOptions
 from stlake.plan import SlidePlan, plan_slide
 from stlake.records import SlideRef
+from stlake.spark import forward_storage_environment
 from stlake.units import UnitResult, run_unit
 
 # Commit order: the slides row is the last thing to land for a slide.
 COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "rejects")
+
+
+class CommitFailed(RuntimeError):
+    """A table commit failed (e.g. storage unreachable); earlier tables of the run are committed."""
+
+    def __init__(self, table: str, committed: dict[str, int], cause: Exception):
+        done = ", ".join(f"{name} v{version}" for name, version in committed.items()) or "none"
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"committing table '{table}' failed ({type(cause).__name__}: {first_line}). "
+                         f"Committed before it in this run: {done}. The run's slides are not listed in "
+                         f"'slides', so none looks complete; re-run the job to land them (their rows are "
+                         f"replaced, never duplicated).")
+        self.table, self.committed = table, dict(committed)
 
 
 @dataclass
@@ -185,6 +199,21 @@ def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFi
     return grouped
 
 
+def commit_table(lake: str, name: str, files: list[tables.DataFile], new_genes: list[pa.Table],
+                 landed_ids: set[str], run_id: str) -> int | None:
+    """One table's commit of a run (None when there is nothing to do): genes are merged, the
+    landed slides' old rows are replaced, rejects only ever appended."""
+    if name == "genes":
+        if not new_genes:
+            return None
+        return tables.overwrite_small_table(lake, "genes", lambda current: genes.merge_gene_rows(current, new_genes),
+                                           run_id)
+    replace = () if name == "rejects" else landed_ids
+    if files or (replace and tables.open_table(lake, name) is not None):
+        return tables.commit(lake, name, files, replace, run_id)
+    return None
+
+
 def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, run_id: str) -> dict[str, int]:
     """Delete the files of rejected slides, then commit every table once, in ``COMMIT_ORDER``."""
     now = datetime.now(timezone.utc)
@@ -201,16 +230,15 @@ def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, 
     if rejects:
         grouped["rejects"] = tables.write_data_files(lake, "rejects", pa.Table.from_pylist(rejects, schemas.REJECTS),
                                                      f"{run_id}-rejects")
-    versions = {}
+    versions: dict[str, int] = {}
     new_genes = [o.plan.gene_rows for o in landed if o.plan.gene_rows is not None]
-    if new_genes:
-        versions["genes"] = tables.overwrite_small_table(lake, "genes",
-                                                         lambda current: genes.merge_gene_rows(current, new_genes),
-                                                         run_id)
-    for name in COMMIT_ORDER[1:]:
-        replace = () if name == "rejects" else landed_ids
-        if grouped.get(name) or (replace and tables.open_table(lake, name) is not None):
-            versions[name] = tables.commit(lake, name, grouped.get(name, []), replace, run_id)
+    for name in COMMIT_ORDER:
+        try:
+            version = commit_table(lake, name, grouped.get(name, []), new_genes, landed_ids, run_id)
+        except Exception as error:
+            raise CommitFailed(name, versions, error) from error
+        if version is not None:
+            versions[name] = version
     return versions
 
 
@@ -219,6 +247,7 @@ def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, 
 def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None) -> IngestReport:
     """Run the whole ingest job; returns what landed, what was rejected and why."""
     started, run_id = time.time(), run_id or new_run_id()
+    forward_storage_environment(spark)
     refs = discover(options.source, options.layouts)
     plans = plan_slides(spark, refs, options)
     results = run_units(spark, plans, options.lake, run_id)

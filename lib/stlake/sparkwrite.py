@@ -54,6 +54,9 @@ def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
     slide each. ``replace_all`` drops every current row of the table in the same commit.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
+
+    from stlake.spark import forward_storage_environment
+    forward_storage_environment(frame.sparkSession)
     rows = frame.mapInArrow(_writer(lake, table_name, run_id), from_arrow_schema(FILE_ROW)).collect()
     files = [tables.DataFile(**row.asDict()) for row in rows]
     if replace_all:

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from stlake import schemas, storage, tables
-from stlake.spark import has_delta_spark, has_s3a
+from stlake.spark import forward_storage_environment, has_delta_spark, has_s3a
 
 
 def spark_uri(uri: str) -> str:
@@ -36,6 +36,7 @@ def table_route(spark: SparkSession, lake: str) -> str:
 def read_table(spark: SparkSession, lake: str, name: str, route: Optional[str] = None) -> DataFrame:
     """One table of the lake as a DataFrame (its current snapshot)."""
     route = route or table_route(spark, lake)
+    forward_storage_environment(spark)
     uri = tables.table_uri(lake, name)
     if route == "delta-spark":
         return spark.read.format("delta").load(spark_uri(uri))

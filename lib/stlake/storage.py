@@ -128,11 +128,6 @@ def delete(uri: str) -> None:
         pass
 
 
-def local_copy_needed(uri: str) -> bool:
-    """True when a library needs a real local file (e.g. h5py without fsspec) and ``uri`` is remote."""
-    return is_s3(uri)
-
-
 def delta_storage_options() -> dict[str, str]:
     """Storage options for delta-rs, taken from the environment (never hard-coded).
 

@@ -1,0 +1,1 @@
+"""Helpers for tests and local demos (a real S3 server; no mocks)."""
