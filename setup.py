@@ -20,6 +20,8 @@ setup(
         "scipy",
         "h5py",
         "tifffile",
+        # Fast TIFF codecs (zlib/LZW/predictor in C); 2024.9.22 is the last that does not demand numpy >= 2.
+        "imagecodecs==2024.9.22",
         "boto3",
         "pyyaml",
     ],

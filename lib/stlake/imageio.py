@@ -613,6 +613,9 @@ class _TiffLevel:
             raw = (raw >> 8).astype(np.uint8)
         elif raw.dtype != np.uint8:
             raw = (np.clip(raw, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        if self.photometric in (2, 6) and raw.shape[2] in (3, 4) and raw.flags.c_contiguous:
+            code = cv2.COLOR_RGB2BGR if raw.shape[2] == 3 else cv2.COLOR_RGBA2BGR
+            return cv2.cvtColor(raw, code, dst=raw) if raw.shape[2] == 3 else cv2.cvtColor(raw, code)
         if self.photometric in (2, 6) and raw.shape[2] >= 3:
             return np.ascontiguousarray(raw[..., 2::-1])
         gray = raw[..., 0]
@@ -666,7 +669,7 @@ class _TiffReader(RegionReader):
         except (ValueError, OSError, RuntimeError, NotImplementedError) as error:
             raise SlideError("image_unreadable", f"{self._uri}: TIFF data cannot be decoded "
                                                  f"({type(error).__name__}: {error})") from None
-        self._note(raw.nbytes + out.nbytes + largest)
+        self._note(raw.nbytes + (0 if out is raw else out.nbytes) + largest)
         return out
 
     def _segments(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int, int, int]]:

@@ -91,6 +91,11 @@ def _single_slide(table: pa.Table) -> Optional[str]:
     return distinct[0].as_py() if len(distinct) == 1 else None
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary encoding (all but the image bytes); list columns by their leaf path."""
+    return [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in schema if f.name != "tile"]
+
+
 def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str) -> DataFile:
     """Write ``table`` as one Parquet file under the table folder; returns its uncommitted record."""
     table = table.cast(schemas.TABLES[table_name])
@@ -98,7 +103,7 @@ def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str) -> Da
     uri = storage.join(table_uri(lake, table_name), name)
     with storage.open_output(uri) as sink:
         pq.write_table(table, sink, compression="zstd", row_group_size=rows_per_group(table_name, table),
-                       use_dictionary=[c for c in table.column_names if c not in ("tile",)],
+                       use_dictionary=dictionary_columns(table.schema),
                        write_statistics=True)
     return DataFile(table_name, name, storage.size(uri), table.num_rows, file_stats(table),
                     int(time.time() * 1000), _single_slide(table))
