@@ -370,6 +370,20 @@ def test_tiff_region_of_image_over_budget(tmp_path):
     assert err.value.reason == "image_too_large"
 
 
+def test_tiff_region_decodes_only_the_tiles_under_needed_squares(tmp_path):
+    image = busy_image(512, 512)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(128, 128),
+                     compression="zlib")
+    needed = np.array([[10, 40, 20, 60], [300, 330, 400, 440]])  # rows y0, y1, x0, x1: two tiles
+    with imageio.open_region_reader(str(path), 8 << 20) as reader:
+        region = reader.read_region(0, 512, 0, 512, needed)
+    for y0, y1, x0, x1 in needed:
+        assert np.array_equal(region[y0:y1, x0:x1], image[y0:y1, x0:x1])
+    assert np.array_equal(region[:128, :128], image[:128, :128])  # the whole tile under a square
+    assert not region[128:256].any() and not region[:128, 128:].any()  # tiles under no square: skipped
+
+
 def split_jpeg_tables(jpeg: bytes, renumber: bool = False) -> tuple[bytes, bytes]:
     """(JPEGTables = SOI + DQT/DHT + EOI, abbreviated stream without tables or APP markers).
 

@@ -245,8 +245,12 @@ class RegionReader:
         """Rows ``[y0, y1)`` (clipped to the image), full width."""
         return self.read_region(y0, y1, 0, self.info.width)
 
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows ``[y0, y1)`` x columns ``[x0, x1)``, clipped to the image."""
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``[y0, y1)`` x columns ``[x0, x1)``, clipped to the image.
+
+        ``needed`` (optional, ``N x 4`` rows of ``y0, y1, x0, x1``) lists the only parts the caller will
+        look at: a reader may leave pixels outside them undecoded (zero), e.g. TIFF tiles under no spot.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -286,7 +290,7 @@ class _CachedReader(RegionReader):
         self._note(image.nbytes)
         return image
 
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
         if self._image is None:
             self._image = self._decode()
         y0, y1, x0, x1 = self._clip(y0, y1, x0, x1)
@@ -495,7 +499,7 @@ class _PngStreamReader(RegionReader):
             pos += len(bgr)
         return out
 
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
         _, _, x0, x1 = self._clip(y0, y1, x0, x1)
         return self.read_rows(y0, y1)[:, x0:x1]
 
@@ -654,13 +658,14 @@ class _TiffReader(RegionReader):
                                                 f"per-task budget {budget_bytes / _GIB:.2f} GB; re-save it as a "
                                                 "tiled TIFF or raise --memory-budget")
 
-    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
         y0, y1, x0, x1 = self._clip(y0, y1, x0, x1)
         level = self._level
         raw = np.zeros((y1 - y0, x1 - x0, level.samples), level.dtype)
         try:
             if y1 > y0 and x1 > x0:
-                largest = (self._read_direct if level.direct else self._read_segments)(raw, y0, y1, x0, x1)
+                largest = (self._read_direct(raw, y0, y1, x0, x1) if level.direct
+                           else self._read_segments(raw, y0, y1, x0, x1, needed))
             else:
                 largest = 0
             out = level.to_bgr(raw)
@@ -681,9 +686,27 @@ class _TiffReader(RegionReader):
         return [(plane * per_plane + r * level.across + c, plane, r * level.seg_h, c * level.seg_w)
                 for plane in range(level.planes) for r in rows for c in cols]
 
-    def _read_segments(self, raw: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> int:
+    def _segment_mask(self, needed: np.ndarray) -> np.ndarray:
+        """``down x across`` booleans: segments that intersect one of the ``needed`` rectangles."""
+        level = self._level
+        mask = np.zeros((level.down, level.across), bool)
+        rects = np.asarray(needed, dtype=np.int64).reshape(-1, 4)
+        r0 = np.clip(rects[:, 0], 0, self.info.height - 1) // level.seg_h
+        r1 = np.clip(rects[:, 1] - 1, 0, self.info.height - 1) // level.seg_h
+        c0 = np.clip(rects[:, 2], 0, self.info.width - 1) // level.seg_w
+        c1 = np.clip(rects[:, 3] - 1, 0, self.info.width - 1) // level.seg_w
+        for a, b, c, d in zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist()):
+            mask[a:b + 1, c:d + 1] = True
+        return mask
+
+    def _read_segments(self, raw: np.ndarray, y0: int, y1: int, x0: int, x1: int,
+                       needed: Optional[np.ndarray] = None) -> int:
         level, largest = self._level, 0
-        segments = {index: (plane, top, left) for index, plane, top, left in self._segments(y0, y1, x0, x1)}
+        chosen = self._segments(y0, y1, x0, x1)
+        if needed is not None and len(needed):
+            mask = self._segment_mask(needed)
+            chosen = [seg for seg in chosen if mask[seg[2] // level.seg_h, seg[3] // level.seg_w]]
+        segments = {index: (plane, top, left) for index, plane, top, left in chosen}
         for index, data in self._fetch(sorted(segments)):
             if data is None:
                 continue  # an empty segment stays 0

@@ -169,11 +169,15 @@ class _BandSource:
         self._top = 0
         self._rows = np.zeros((0, reader.info.width, 3), np.uint8)
 
-    def get(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Pixels of rows ``[r0, r1)``; columns ``[c0, c1)`` for random-access readers, else all."""
+    def get(self, r0: int, r1: int, c0: int, c1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
+        """Pixels of rows ``[r0, r1)``; columns ``[c0, c1)`` for random-access readers, else all.
+
+        ``needed``: the squares that will be cut (``N x 4``: y0, y1, x0, x1); a random-access reader
+        may skip decoding what lies outside them.
+        """
         reader = self._reader
         if reader.info.random_access:
-            return reader.read_region(r0, r1, c0, c1)
+            return reader.read_region(r0, r1, c0, c1, needed)
         if not reader.streaming:
             return reader.read_rows(r0, r1)
         end = self._top + len(self._rows)
@@ -240,7 +244,8 @@ def cut_tiles(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec
         index = keep[local]
         c0 = int(np.clip(xs[index].min(), 0, width))
         c1 = int(np.clip((xs[index] + size).max(), c0, width))
-        band = source.get(r0, r1, c0, c1)
+        squares = np.stack([ys[index], ys[index] + size, xs[index], xs[index] + size], axis=1)
+        band = source.get(r0, r1, c0, c1, squares)
         if not reader.info.random_access:
             c0 = 0
         for i, x0, y0 in zip(index.tolist(), xs[index].tolist(), ys[index].tolist()):
