@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 
 from stlake import schemas
 
@@ -132,17 +133,29 @@ def to_global(batch: "SparseBatch", gene_ids: np.ndarray) -> tuple[pa.ListArray,
     """Per row: global gene ids ascending (int64 lists) and their counts (int32 lists), dropped columns removed.
 
     ``gene_ids`` is ``GeneMap.gene_ids``: the global id of every source column, -1 for dropped ones.
+    Source columns are renumbered by the rank of their global id, so ordering each row is scipy's
+    per-row index sort rather than one sort of the whole chunk.
     """
     n = len(batch.spot_ids)
-    ids = np.asarray(gene_ids, dtype=np.int64)[batch.indices]
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(batch.indptr))
-    keep = ids >= 0
-    ids, rows, counts = ids[keep], rows[keep], np.asarray(batch.counts, dtype=np.int32)[keep]
-    order = np.lexsort((ids, rows))
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
-    offsets_array = pa.array(offsets, type=pa.int32())
-    return (pa.ListArray.from_arrays(offsets_array, pa.array(ids[order], type=pa.int64())),
-            pa.ListArray.from_arrays(offsets_array, pa.array(counts[order], type=pa.int32())))
+    gid = np.asarray(gene_ids, dtype=np.int64)
+    valid = np.flatnonzero(gid >= 0)
+    by_id = valid[np.argsort(gid[valid], kind="stable")]
+    rank = np.full(len(gid), -1, dtype=np.int64)
+    rank[by_id] = np.arange(len(by_id))
+    columns = rank[batch.indices]
+    counts = np.asarray(batch.counts, dtype=np.int32)
+    indptr = np.asarray(batch.indptr, dtype=np.int64)
+    keep = columns >= 0
+    if not keep.all():
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[keep]
+        columns, counts = columns[keep], counts[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    matrix = sp.csr_matrix((counts, columns, indptr), shape=(n, max(len(by_id), 1)))
+    matrix.sort_indices()
+    offsets_array = pa.array(matrix.indptr.astype(np.int32), type=pa.int32())
+    return (pa.ListArray.from_arrays(offsets_array, pa.array(gid[by_id][matrix.indices], type=pa.int64())),
+            pa.ListArray.from_arrays(offsets_array, pa.array(matrix.data.astype(np.int32, copy=False),
+                                                             type=pa.int32())))
 
 
 def _smallest_per_gene(frame: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ A unit returns only small metadata (the files it wrote, what it saw); rows go st
 """
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Optional
@@ -31,6 +32,7 @@ class UnitResult:
     unknown_rows: int = 0  # expression: rows whose spot is not among the slide's spots
     detected_gene_ids: Optional[np.ndarray] = None
     total_counts: int = 0
+    seconds: float = 0.0  # wall time of the unit inside its task
 
 
 def _tag(unit: Unit, run_id: str) -> str:
@@ -109,7 +111,8 @@ def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
         parts.append(rows)
         spot_ids.append(batch.spot_ids[keep].astype(str))
         unknown += int((~keep).sum())
-        detected.append(np.unique(unit.gene_ids[batch.indices[batch.counts > 0]]))
+        columns = np.flatnonzero(np.bincount(batch.indices[batch.counts > 0], minlength=len(unit.gene_ids)))
+        detected.append(np.unique(unit.gene_ids[columns]))
     table = pa.concat_tables(parts) if parts else schemas.EXPRESSION.empty_table()
     files = tables.write_data_files(lake, "expression", table, _tag(unit, run_id))
     all_detected = np.unique(np.concatenate(detected)) if detected else np.zeros(0, np.int64)
@@ -122,10 +125,12 @@ def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
 def run_unit(unit: Unit, lake: str, run_id: str) -> UnitResult:
     """Run one unit; bad input or a failure becomes ``error`` (never raises), written files are reported."""
     kind = "tiles" if isinstance(unit, TileUnit) else "expression"
+    started = time.perf_counter()
     try:
-        if isinstance(unit, TileUnit):
-            return run_tile_unit(unit, lake, run_id)
-        return run_expression_unit(unit, lake, run_id)
+        result = run_tile_unit(unit, lake, run_id) if isinstance(unit, TileUnit) else \
+            run_expression_unit(unit, lake, run_id)
+        result.seconds = time.perf_counter() - started
+        return result
     except Exception as error:
         from stlake.records import SlideError
         if isinstance(error, SlideError):
