@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stlake.train import distributed
+from stlake.train import distributed, job
 from stlake.train.loop import (OptimizerConfig, build_optimizer, checkpoint_path, cycle, load_checkpoint,
                                lr_factor, model_from_checkpoint, train)
 from stlake.train.metrics import (embed, evaluate, fit_ridge, linear_probe, pearson_per_column,
@@ -289,16 +289,12 @@ def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
 
 # ---------------------------------------------------------------- the job (stream faked: StreamSpec/make_loader contract)
 
-def load_job():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_clip_job", ROOT / "jobs" / "train_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_job(argv: list[str]) -> dict:
+    """The job's summary for these flags (``main`` itself only returns the exit code)."""
+    return job.train_and_evaluate(job.parse_args(argv))
 
 
 def test_split_slides_holds_out_whole_slides():
-    job = load_job()
     slides = [f"s{i}" for i in range(10)]
     train_ids, holdout = job.split_slides(slides, holdout_fraction=0.2, seed=3)
     assert len(holdout) == 2 and sorted(train_ids + holdout) == slides
@@ -340,7 +336,6 @@ def fake_stream(specs: list) -> object:
 
 
 def test_job_trains_evaluates_and_resumes(tmp_path, monkeypatch):
-    job = load_job()
     specs: list = []
     monkeypatch.setitem(sys.modules, "stlake.stream", fake_stream(specs))
     monkeypatch.setattr(job, "list_slides", lambda lake: ["a", "b", "c", "d"])
@@ -349,7 +344,7 @@ def test_job_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     ckpt = tmp_path / "ckpt"
     argv = ["--lake", str(tmp_path / "lake"), "--steps", "4", "--batch-size", "16", "--image-size", "24",
             "--holdout-slides", "d", "--checkpoint-dir", str(ckpt), "--device", "cpu", "--log-every", "2"]
-    summary = job.main(argv)
+    summary = run_job(argv)
     assert summary["steps"] == 4 and summary["eval"]["holdout_slides"] == ["d"]
     train_spec = specs[0]
     assert (train_spec.cur_shard, train_spec.shard_count, train_spec.num_epochs) == (0, 1, None)
@@ -358,8 +353,27 @@ def test_job_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     assert {"recall@1", "recall@5", "recall@10", "pearson_mean"} <= set(metrics)
     assert set(metrics["pearson_per_gene"]) == {f"G{i}" for i in range(N_GENES)} and metrics["n_holdout"] == 64
 
-    resumed = job.main(argv[:3] + ["6"] + argv[4:] + ["--resume", "--no-eval"])
+    resumed = run_job(argv[:3] + ["6"] + argv[4:] + ["--resume", "--no-eval"])
     assert [row["step"] for row in resumed["history"]] == [5, 6] and "eval" not in resumed
+    assert job.main(argv[:3] + ["7"] + argv[4:] + ["--resume", "--no-eval"]) == 0  # the exit code
+    assert load_checkpoint(checkpoint_path(str(ckpt)))["step"] == 7
+
+
+def test_train_command_and_job_script_help():
+    """``stlake train`` takes the job's flags; ``jobs/train_clip.py`` is an entry point that runs from a checkout."""
+    from stlake import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    parsed = vars(cli.build_parser().parse_args(["train", "--lake", "x", "--steps", "3"]))
+    assert parsed.pop("command") == "train" and parsed.pop("run") is job.cmd_train
+    assert parsed == vars(job.parse_args(["--lake", "x", "--steps", "3"]))
+    # -S and no PYTHONPATH: no site-packages, so the script must put lib/ on sys.path itself (and --help needs no torch)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-S", str(ROOT / "jobs" / "train_clip.py"), "--help"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=str(ROOT / "jobs"))
+    assert result.returncode == 0, result.stderr
+    assert "--lake" in result.stdout and "torchrun --nproc-per-node 8" in result.stdout
 
 
 # ---------------------------------------------------------------- the job on a real lake (make test-slow)
@@ -388,11 +402,10 @@ def small_lake(tmp_path_factory) -> str:
 def test_job_on_a_streamed_lake(small_lake, tmp_path, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    job = load_job()
     ckpt = tmp_path / "ckpt"
-    summary = job.main(["--lake", small_lake, "--panel-name", "hvg64", "--steps", "12", "--batch-size", "32",
-                        "--image-size", "32", "--holdout-fraction", "0.2", "--checkpoint-dir", str(ckpt),
-                        "--device", "auto", "--log-every", "4"])
+    summary = run_job(["--lake", small_lake, "--panel-name", "hvg64", "--steps", "12", "--batch-size", "32",
+                       "--image-size", "32", "--holdout-fraction", "0.2", "--checkpoint-dir", str(ckpt),
+                       "--device", "auto", "--log-every", "4"])
     assert summary["steps"] == 12 and summary["last_loss"] < summary["first_loss"]
     metrics = json.loads((ckpt / "metrics.json").read_text())
     assert metrics["n_holdout"] > 0 and len(metrics["pearson_per_gene"]) == 64

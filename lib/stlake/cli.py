@@ -1,4 +1,4 @@
-"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream."""
+"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream, train."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from typing import Optional
 
 from stlake.options import IngestOptions
 from stlake.stream.cli import register as register_stream_commands
+from stlake.train.job import register as register_train_command
 
 
 def _size(text: str) -> int:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--corrupt", action="store_true", help="also write broken slides")
     synth.set_defaults(run=cmd_synth)
     register_stream_commands(sub)
+    register_train_command(sub)
     return parser
 
 

@@ -2,12 +2,28 @@
 
 ``model`` (encoders, projection heads, symmetric InfoNCE), ``loop`` (AdamW training over any iterable
 of batches, checkpoints, resume), ``metrics`` (retrieval recall@k, ridge linear probe), ``distributed``
-(torchrun / DDP helpers). The job that wires them to the lake is ``jobs/train_clip.py``.
-"""
-from stlake.train.distributed import init_distributed
-from stlake.train.loop import OptimizerConfig, load_checkpoint, save_checkpoint, train
-from stlake.train.metrics import evaluate, linear_probe, retrieval_recall
-from stlake.train.model import ClipModel, ModelConfig, build_model, clip_loss
+(torchrun / DDP helpers). The job that wires them to the lake is ``job`` (``stlake train``, or
+``jobs/train_clip.py`` under torchrun).
 
-__all__ = ["ClipModel", "ModelConfig", "OptimizerConfig", "build_model", "clip_loss", "evaluate",
+torch is imported on first use of the names below, so ``stlake.cli`` can register ``stlake train`` cheaply.
+"""
+ENCODERS = ("small", "resnet18")  # image encoders of stlake.train.model (here: no torch needed to list them)
+
+_LAZY = {"init_distributed": "stlake.train.distributed",
+         "OptimizerConfig": "stlake.train.loop", "load_checkpoint": "stlake.train.loop",
+         "save_checkpoint": "stlake.train.loop", "train": "stlake.train.loop",
+         "evaluate": "stlake.train.metrics", "linear_probe": "stlake.train.metrics",
+         "retrieval_recall": "stlake.train.metrics",
+         "ClipModel": "stlake.train.model", "ModelConfig": "stlake.train.model",
+         "build_model": "stlake.train.model", "clip_loss": "stlake.train.model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stlake.train' has no attribute {name!r}")
+
+
+__all__ = ["ClipModel", "ENCODERS", "ModelConfig", "OptimizerConfig", "build_model", "clip_loss", "evaluate",
            "init_distributed", "linear_probe", "load_checkpoint", "retrieval_recall", "save_checkpoint", "train"]

@@ -1,0 +1,315 @@
+"""Reference training job: a CLIP-style tile <-> expression model streamed from the lake.
+
+One process per GPU under torchrun (rank -> the stream's ``cur_shard``, world size -> ``shard_count``;
+DDP over NCCL on GPU, gloo on CPU; bf16 autocast on CUDA), or a single process. After training, rank 0
+evaluates on held-out slides (image->expression recall@1/5/10, ridge linear probe Pearson r per gene)
+and writes ``metrics.json`` next to the checkpoint.
+
+    python jobs/train_clip.py --lake ./lake --steps 200
+    stlake train --lake ./lake --steps 200
+    torchrun --nproc-per-node 8 jobs/train_clip.py --lake s3://bucket/lake --encoder resnet18 \
+        --image-size 224 --batch-size 256 --steps 20000 --checkpoint-dir s3-mounted/ckpt --resume
+
+torch (and the stream reader) are imported when the job runs, so ``stlake.cli`` can register
+``stlake train`` without loading them.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+
+from stlake.train import ENCODERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from stlake.train.model import ClipModel
+
+
+# ---------------------------------------------------------------- arguments
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's flags (shared by ``jobs/train_clip.py`` and ``stlake train``)."""
+    p.add_argument("--lake", required=True, help="lake root: ./lake or s3://bucket/lake")
+    p.add_argument("--panel-name", default=None, help="gene panel of the stream (default: the stream's default)")
+    p.add_argument("--image-size", type=int, default=64, help="side of the tiles fed to the model")
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--steps", type=int, default=200, help="total optimiser steps (resumed ones included)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--encoder", choices=ENCODERS, default="small")
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--train-slides", nargs="*", default=None, help="slide ids to train on")
+    p.add_argument("--holdout-slides", nargs="*", default=None, help="slide ids held out for evaluation")
+    p.add_argument("--holdout-fraction", type=float, default=0.2,
+                   help="fraction of slides held out when --holdout-slides is not given")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/checkpoint.pt if present")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--image-normalize", action="store_true",
+                   help="the stream applies ImageNet mean/std (else the model does it on [0, 1] input)")
+    p.add_argument("--augment", action="store_true", help="random flips, 90-degree rotations, colour jitter")
+    p.add_argument("--table", default="pairs", help="lake table to stream")
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="JPEG decode threads per process (default: the stream's, one per core)")
+    p.add_argument("--ridge-alpha", type=float, default=1.0)
+    p.add_argument("--eval-train-batches", type=int, default=50, help="train batches embedded to fit the probe")
+    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--metrics-out", default=None, help="metrics JSON (default: <checkpoint-dir>/metrics.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The standalone parser (``jobs/train_clip.py``; torchrun runs one per rank)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the job's flags (``sys.argv[1:]`` when ``argv`` is None)."""
+    return build_parser().parse_args(argv)
+
+
+def register(sub: Any) -> None:
+    """Add the ``train`` subcommand to :mod:`stlake.cli`'s subparsers."""
+    p = sub.add_parser("train", help="train the reference CLIP model on the lake (torchrun-aware)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.set_defaults(run=cmd_train)
+
+
+# ---------------------------------------------------------------- slides and splits
+
+def list_slides(lake: str) -> list[str]:
+    """Slide ids of the lake's ``slides`` table (no Spark: the Delta snapshot via delta-rs)."""
+    from stlake import tables
+    return sorted(set(tables.read_table(lake, "slides", ["slide_id"]).column("slide_id").to_pylist()))
+
+
+def split_slides(slides: Sequence[str], train_slides: Optional[Sequence[str]] = None,
+                 holdout_slides: Optional[Sequence[str]] = None, holdout_fraction: float = 0.2,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train, holdout) slide ids; whole slides are held out, never spots of a training slide."""
+    slides = sorted(slides)
+    if holdout_slides is not None:
+        holdout = sorted(holdout_slides)
+    elif train_slides is not None:
+        holdout = sorted(set(slides) - set(train_slides))
+    else:
+        holdout = random_holdout(slides, holdout_fraction, seed)
+    train_ids = sorted(train_slides) if train_slides is not None else [s for s in slides if s not in set(holdout)]
+    overlap = set(train_ids) & set(holdout)
+    if overlap:
+        raise ValueError(f"slides both trained on and held out: {sorted(overlap)}")
+    if not train_ids:
+        raise ValueError("no training slides")
+    return train_ids, holdout
+
+
+def random_holdout(slides: Sequence[str], holdout_fraction: float, seed: int) -> list[str]:
+    """A seeded random ``holdout_fraction`` of the slides (at least one, and never all of them)."""
+    shuffled = list(slides)
+    random.Random(seed).shuffle(shuffled)
+    n = min(len(slides) - 1, max(1, round(holdout_fraction * len(slides)))) if holdout_fraction > 0 else 0
+    return sorted(shuffled[:max(n, 0)])
+
+
+# ---------------------------------------------------------------- the stream
+
+def pinned_version(lake: str, table: str) -> Optional[int]:
+    """The table's current Delta version, read by rank 0 and shared, so every rank streams one snapshot."""
+    import torch
+
+    from stlake import tables
+    from stlake.train import distributed
+    version = [None]
+    if distributed.is_main_process():
+        delta = tables.open_table(lake, table)
+        version[0] = delta.version() if delta is not None else None
+    if distributed.is_distributed():
+        torch.distributed.broadcast_object_list(version, src=0)
+    return version[0]
+
+
+def stream_spec(args: argparse.Namespace, slide_ids: Sequence[str], shard: int, shards: int, shuffle: bool,
+                num_epochs: Optional[int], seed: int, augment: bool = False, pin_memory: bool = False) -> Any:
+    """A ``stlake.stream.StreamSpec`` for these slides and this shard (imported lazily)."""
+    from stlake.stream import StreamSpec
+    kwargs = dict(lake=args.lake, normalize="normalize_total_log1p", image_size=args.image_size,
+                  image_dtype="float32", shuffle=shuffle, seed=seed, cur_shard=shard, shard_count=shards,
+                  num_epochs=num_epochs, batch_size=args.batch_size, slide_ids=list(slide_ids))
+    for key, value in (("panel_name", args.panel_name), ("table", getattr(args, "table", None)),
+                       ("version", getattr(args, "version", None)),
+                       ("decode_threads", getattr(args, "decode_threads", None))):
+        if value is not None:
+            kwargs[key] = value
+    if args.image_normalize:
+        kwargs["image_normalize"] = True
+    if augment:
+        kwargs["augment"] = True
+    if pin_memory:
+        kwargs["pin_memory"] = True
+    return StreamSpec(**kwargs)
+
+
+def gene_names(lake: str, spec: Any) -> Optional[list[str]]:
+    """Names of the panel's genes, in expression-column order, when the stream can tell."""
+    try:
+        from stlake.stream import resolve_panel
+        panel = resolve_panel(lake, spec)
+    except Exception:  # noqa: BLE001 - names are only labels for the per-gene report
+        return None
+    return panel_labels(panel)
+
+
+def panel_labels(panel: Any) -> Optional[list[str]]:
+    """The gene labels of a resolved panel (an object, a dict, or a plain sequence); None when it has none."""
+    for attr in ("symbols", "gene_keys", "names", "gene_ids"):
+        values = getattr(panel, attr, None)
+        if values is not None:
+            return [str(v) for v in values]
+    if isinstance(panel, dict):
+        for key in ("symbols", "gene_keys", "names", "gene_ids"):
+            if key in panel:
+                return [str(v) for v in panel[key]]
+    try:
+        return [str(v) for v in panel]
+    except TypeError:
+        return None
+
+
+def peek(batches: Iterable[dict]) -> tuple[dict, Iterator[dict]]:
+    """The first batch, and an iterator over all batches (the first included)."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise RuntimeError("the stream yielded no batch: no spots in the training slides?")
+    return first, itertools.chain([first], iterator)
+
+
+# ---------------------------------------------------------------- model, training, evaluation
+
+def build(args: argparse.Namespace, n_genes: int) -> ClipModel:
+    """The model for ``n_genes`` panel genes; no in-model normalisation when the stream normalises."""
+    from stlake.train.model import ClipModel, ModelConfig
+    config = ModelConfig(n_genes=n_genes, encoder=args.encoder, embed_dim=args.embed_dim)
+    if args.image_normalize:  # the stream already subtracts the mean and divides by the std
+        config.image_mean = config.image_std = None
+    return ClipModel(config)
+
+
+def resumed_step(args: argparse.Namespace) -> int:
+    """The step a ``--resume`` run continues from (0 when starting fresh)."""
+    import torch
+
+    from stlake.train.loop import checkpoint_path
+    if not (args.resume and args.checkpoint_dir and os.path.exists(checkpoint_path(args.checkpoint_dir))):
+        return 0
+    return int(torch.load(checkpoint_path(args.checkpoint_dir), map_location="cpu", weights_only=False)["step"])
+
+
+def run_training(args: argparse.Namespace, train_ids: list[str], rank: int, world: int,
+                 device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
+    """Stream this rank's shard of the training slides (endless epochs, so every rank runs ``--steps``).
+
+    A resumed run reseeds the shuffle with the step it starts from, so it does not replay the first batches.
+    """
+    import torch
+
+    from stlake.stream import make_loader
+    from stlake.train import distributed
+    from stlake.train.loop import OptimizerConfig, train
+    spec = stream_spec(args, train_ids, rank, world, shuffle=True, num_epochs=None,
+                       seed=args.seed + resumed_step(args), augment=args.augment,
+                       pin_memory=device.type == "cuda")
+    with make_loader(spec) as loader:
+        first, batches = peek(loader)
+        torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+        model = distributed.wrap_model(build(args, int(first["expression"].shape[1])), device)
+        cfg = OptimizerConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps)
+        history = train(model, batches, args.steps, cfg, checkpoint_dir=args.checkpoint_dir,
+                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                        log=print if rank == 0 else None)
+    return model, history
+
+
+def run_evaluation(args: argparse.Namespace, model: torch.nn.Module, train_ids: list[str],
+                   holdout_ids: list[str]) -> dict:
+    """Rank 0: embed (unsharded, one epoch, no shuffle) train and held-out slides; retrieval + probe."""
+    from stlake.stream import make_loader
+    from stlake.train.metrics import evaluate
+    train_spec = stream_spec(args, train_ids, 0, 1, shuffle=True, num_epochs=1, seed=args.seed + 1)
+    holdout_spec = stream_spec(args, holdout_ids, 0, 1, shuffle=False, num_epochs=1, seed=args.seed)
+    with make_loader(train_spec) as train_batches, make_loader(holdout_spec) as holdout_batches:
+        metrics = evaluate(model, train_batches, holdout_batches, alpha=args.ridge_alpha,
+                           gene_names=gene_names(args.lake, holdout_spec),
+                           max_train_batches=args.eval_train_batches)
+    metrics.update({"train_slides": train_ids, "holdout_slides": holdout_ids})
+    return metrics
+
+
+def write_metrics(args: argparse.Namespace, metrics: dict) -> Optional[str]:
+    """Write ``metrics`` to ``--metrics-out`` (default ``<checkpoint-dir>/metrics.json``); the path, or None."""
+    path = args.metrics_out or (os.path.join(args.checkpoint_dir, "metrics.json") if args.checkpoint_dir else None)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+    return path
+
+
+def loss_summary(history: list[dict]) -> dict:
+    """Last step, first and last loss of a training history (None each when it is empty)."""
+    return {"steps": history[-1]["step"] if history else None,
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None}
+
+
+def evaluate_and_report(args: argparse.Namespace, model: torch.nn.Module, train_ids: list[str],
+                        holdout_ids: list[str], summary: dict) -> None:
+    """Rank 0: evaluate on the held-out slides, write ``metrics.json``, print the metrics (into ``summary``)."""
+    summary["eval"] = run_evaluation(args, model, train_ids, holdout_ids)
+    summary["metrics_path"] = write_metrics(args, summary["eval"])
+    shown = {k: v for k, v in summary["eval"].items() if k != "pearson_per_gene"}
+    print(json.dumps(shown, indent=2, default=str))
+
+
+def train_and_evaluate(args: argparse.Namespace) -> dict:
+    """Train, evaluate on held-out slides (rank 0), return the summary (``steps``, losses, ``eval``, ``history``)."""
+    from stlake.train import distributed
+    rank, world, _, device = distributed.init_distributed(args.device)
+    try:
+        args.version = pinned_version(args.lake, args.table)
+        train_ids, holdout_ids = split_slides(list_slides(args.lake), args.train_slides, args.holdout_slides,
+                                              args.holdout_fraction, args.seed)
+        if rank == 0:
+            print(f"world {world} on {device}; train slides {len(train_ids)}, held-out {len(holdout_ids)}")
+        model, history = run_training(args, train_ids, rank, world, device)
+        summary = loss_summary(history)
+        distributed.barrier()
+        if rank == 0 and holdout_ids and not args.no_eval:
+            evaluate_and_report(args, model, train_ids, holdout_ids, summary)
+        distributed.barrier()
+        summary["history"] = history
+        return summary
+    finally:
+        distributed.cleanup()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``stlake train``: run the job on parsed flags; 0 on success (errors raise)."""
+    train_and_evaluate(args)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``jobs/train_clip.py``: parse ``argv`` (default ``sys.argv[1:]``), train, evaluate."""
+    return cmd_train(parse_args(argv))
