@@ -236,3 +236,15 @@ def test_rerun_after_the_source_lost_a_slide_keeps_other_slides(spark, dataset, 
     spots = Counter(tables.read_table(lake_dir, "spots", columns=["slide_id"])["slide_id"].to_pylist())
     assert spots["st_1"] == first
     assert spots["visium_1"] == dataset["n_spots"]["visium_1"]
+
+
+def test_a_lone_large_slide_is_split_so_every_core_gets_a_task(spark, tmp_path):
+    """Two cores, one TIFF slide of 1,200 spots: its tiles are cut by two tasks, all spots land once."""
+    root, lake_dir = str(tmp_path / "raw"), str(tmp_path / "lake")
+    truth = generate_stimage_slide(root, "lone_1", "Visium", 1200, 4000, 80, seed=5, image_format="tiff")
+    report = ingest(spark, IngestOptions(source=root, lake=lake_dir))
+    assert report.landed == ["lone_1"]
+    assert report.tasks["units"] >= spark.sparkContext.defaultParallelism + 1  # tiles split + expression
+    spots = tables.read_table(lake_dir, "spots", columns=["spot_id"])["spot_id"].to_pylist()
+    assert sorted(spots) == sorted(truth.spot_id.tolist())
+    assert len(tables.active_files(lake_dir, "spots")) >= 2

@@ -1,4 +1,4 @@
-"""Notebooks: stored stripped (default run); executed end to end on a small synthetic lake (slow).
+"""Notebooks: stored stripped, and executed end to end with nbclient on a small synthetic lake.
 
 The executed copies land in ``$STLAKE_NB_WORKDIR/executed`` (a pytest temp dir) for inspection.
 """
@@ -27,7 +27,7 @@ def load_strip():
     return module
 
 
-# ---------------------------------------------------------------- default run
+# ---------------------------------------------------------------- stored form
 
 def test_notebooks_are_stored_without_outputs():
     strip = load_strip()
@@ -54,7 +54,7 @@ def test_strip_removes_outputs_and_counts(tmp_path):
     assert strip.main(["--check", str(path)]) == 0
 
 
-# ---------------------------------------------------------------- executed (make test-slow)
+# ---------------------------------------------------------------- executed
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
@@ -82,7 +82,6 @@ def kernel_env(tmp_path_factory):
 
 
 @pytest.mark.notebooks
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, kernel_env):
     import nbformat

@@ -21,7 +21,7 @@ from pyspark.sql import SparkSession
 from stlake import genes, schemas, tables
 from stlake.discover import discover
 from stlake.options import IngestOptions
-from stlake.plan import SlidePlan, plan_slide
+from stlake.plan import SlidePlan, fill_cores, plan_slide
 from stlake.records import SlideRef
 from stlake.spark import forward_storage_environment
 from stlake.units import UnitResult, run_unit
@@ -90,6 +90,7 @@ def plan_slides(spark: SparkSession, refs: list[SlideRef], options: IngestOption
 
 def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: str) -> list[UnitResult]:
     """Stage 2: one task per unit (tile regions and expression chunks of every slide)."""
+    fill_cores(plans, spark.sparkContext.defaultParallelism)
     units = [unit for plan in plans if plan.error is None for unit in plan.units]
     if not units:
         return []

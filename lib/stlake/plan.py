@@ -5,6 +5,8 @@ A unit is either a region of the image to tile (``TileUnit``) or a part of the e
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import traceback
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -98,6 +100,43 @@ def tile_units(record: SlideRecord, image: imageio.ImageInfo, size: int, options
     return [TileUnit(record.ref.slide_id, record.ref.technology, record.image_uri, record.spots.take(group),
                      spec, options.memory_budget, annotation, index)
             for index, group in enumerate(groups) if len(group)]
+
+
+# A tile task below this many spots costs more in start-up than it saves by running in parallel.
+MIN_SPOTS_PER_TILE_TASK = 500
+
+
+def split_tile_unit(unit: TileUnit, image: imageio.ImageInfo) -> list[TileUnit]:
+    """Two (or a few) regions of a random-access image in place of one; indices are renumbered later."""
+    half = math.ceil(len(unit.spots) / 2)
+    groups = tiling.split_spots_into_regions(unit.spots.y, unit.spec.size_px, image.width, image.height,
+                                             unit.budget, half)
+    return [dataclasses.replace(unit, spots=unit.spots.take(group)) for group in groups if len(group)]
+
+
+def fill_cores(plans: list[SlidePlan], cores: int) -> None:
+    """Split the largest random-access tile units until there are ``cores`` tile units (or none is big
+    enough): tiling is the heavy part, so a run of few large slides still keeps every core busy.
+    Changes ``plans`` in place."""
+    def count() -> int:
+        return sum(isinstance(unit, TileUnit) for plan in plans if plan.error is None for unit in plan.units)
+
+    while count() < cores:
+        candidates = [(len(unit.spots), p, i) for p, plan in enumerate(plans)
+                      if plan.error is None and plan.image is not None and plan.image.random_access
+                      for i, unit in enumerate(plan.units)
+                      if isinstance(unit, TileUnit) and len(unit.spots) >= 2 * MIN_SPOTS_PER_TILE_TASK]
+        if not candidates:
+            return
+        _, p, i = max(candidates, key=lambda c: c[0])
+        plan = plans[p]
+        pieces = split_tile_unit(plan.units[i], plan.image)
+        if len(pieces) < 2:
+            return
+        plan.units[i:i + 1] = pieces
+        tiles = [u for u in plan.units if isinstance(u, TileUnit)]
+        renumbered = {id(u): dataclasses.replace(u, index=k) for k, u in enumerate(tiles)}
+        plan.units = [renumbered.get(id(u), u) for u in plan.units]
 
 
 def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[ExprUnit], genes.GeneMap]:
