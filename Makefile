@@ -47,6 +47,7 @@ test-all: venv
 
 bench: venv
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_stream.py
 
 terraform-check:
 	bash infra/terraform/check.sh

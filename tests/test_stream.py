@@ -301,3 +301,15 @@ def test_stream_command_prints_shapes_and_throughput(lake, capsys):
                  "--image-size", "16", "--normalize", "normalize_total_log1p", "--technology", "ST"]) == 0
     out = capsys.readouterr().out
     assert "image (8, 3, 16, 16) torch.uint8" in out and "expression (8, 2)" in out and "samples/s" in out
+
+
+def test_legacy_filesystem_adapter_walks_like_os_walk(tmp_path):
+    import pyarrow.fs as pafs
+
+    from stlake.stream.fs import ArrowLegacyFileSystem
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.parquet").write_bytes(b"x")
+    (tmp_path / "a" / "b" / "y.parquet").write_bytes(b"y")
+    walked = list(ArrowLegacyFileSystem(pafs.LocalFileSystem(), False).walk(str(tmp_path)))
+    expected = [(d, sorted(ds), sorted(fs)) for d, ds, fs in os.walk(tmp_path)]
+    assert sorted(walked) == sorted(expected)

@@ -23,6 +23,7 @@ Formats are recognised from magic bytes, never from the file extension.
 """
 from __future__ import annotations
 
+import abc
 import os
 
 # OpenCV refuses images over 2**30 pixels unless told otherwise (read on first decode).
@@ -218,7 +219,7 @@ class _SeqReader:
 
 # ----------------------------------------------------------------------------- readers
 
-class RegionReader:
+class RegionReader(abc.ABC):
     """Rows or regions of one image as ``H x W x 3`` BGR ``uint8``; a context manager.
 
     ``peak_decoded_bytes`` is the largest amount of decoded pixel data the reader held at once
@@ -245,13 +246,13 @@ class RegionReader:
         """Rows ``[y0, y1)`` (clipped to the image), full width."""
         return self.read_region(y0, y1, 0, self.info.width)
 
+    @abc.abstractmethod
     def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
         """Rows ``[y0, y1)`` x columns ``[x0, x1)``, clipped to the image.
 
         ``needed`` (optional, ``N x 4`` rows of ``y0, y1, x0, x1``) lists the only parts the caller will
         look at: a reader may leave pixels outside them undecoded (zero), e.g. TIFF tiles under no spot.
         """
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release file handles and caches."""

@@ -52,7 +52,20 @@ class ArrowLegacyFileSystem(legacyfs.FileSystem):
         return sorted(("/" + i.path) if self.strip_root else i.path for i in infos)
 
     def walk(self, path: str):
-        raise NotImplementedError("snapshot readers never list directories")
+        """``os.walk``-style listing (Petastorm only walks when given a directory; stlake gives files)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(path), recursive=True))
+        prefix = "/" if self.strip_root else ""
+        folders: dict[str, tuple[list[str], list[str]]] = {path.rstrip("/") or "/": ([], [])}
+        for info in infos:
+            parent, name = (prefix + info.path).rsplit("/", 1)
+            entry = folders.setdefault(parent or "/", ([], []))
+            if info.type == pafs.FileType.Directory:
+                entry[0].append(name)
+                folders.setdefault(prefix + info.path, ([], []))
+            else:
+                entry[1].append(name)
+        for folder in sorted(folders):
+            yield folder, sorted(folders[folder][0]), sorted(folders[folder][1])
 
     @property
     def pathsep(self) -> str:
