@@ -248,3 +248,23 @@ def test_a_lone_large_slide_is_split_so_every_core_gets_a_task(spark, tmp_path):
     spots = tables.read_table(lake_dir, "spots", columns=["spot_id"])["spot_id"].to_pylist()
     assert sorted(spots) == sorted(truth.spot_id.tolist())
     assert len(tables.active_files(lake_dir, "spots")) >= 2
+
+
+@pytest.mark.slow
+def test_full_size_dataset_of_all_layouts_lands_within_the_default_budget(spark, tmp_path):
+    """Benchmark-size slides (Visium 4,992 spots on ~20k px, VisiumHD 160k bins, ST, the release):
+    every slide lands with all its spots and exact totals, within the default 4 GB task budget."""
+    root, lake_dir = str(tmp_path / "raw"), str(tmp_path / "lake")
+    summary = generate(root, size="full", seed=1)
+    report = ingest(spark, IngestOptions(source=os.path.join(root, "manifest.csv"), lake=lake_dir))
+    slides = sorted(s for ids in summary["slides"].values() for s in ids)
+    assert report.landed == slides and not report.rejected
+    assert max(report.peak_decoded_bytes.values()) <= IngestOptions(source="", lake="").memory_budget
+    spots = Counter(tables.read_table(lake_dir, "spots", columns=["slide_id"])["slide_id"].to_pylist())
+    assert dict(spots) == {s: summary["n_spots"][s] for s in slides}
+    assert spots["visiumhd_1"] >= 100_000
+    expression = tables.read_table(lake_dir, "expression", columns=["slide_id", "total_counts"])
+    for slide_id in slides:
+        truth = landed_truth(root, slide_id)
+        mine = pc.sum(expression.filter(pc.equal(expression["slide_id"], slide_id))["total_counts"]).as_py()
+        assert mine == int(truth.counts.sum()), slide_id

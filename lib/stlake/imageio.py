@@ -672,7 +672,7 @@ class _TiffReader(RegionReader):
             out = level.to_bgr(raw)
         except SlideError as error:
             raise SlideError(error.reason, f"{self._uri}: {error.detail}") from None
-        except (ValueError, OSError, RuntimeError, NotImplementedError) as error:
+        except (ValueError, OSError, RuntimeError) as error:  # incl. unsupported codecs (a RuntimeError)
             raise SlideError("image_unreadable", f"{self._uri}: TIFF data cannot be decoded "
                                                  f"({type(error).__name__}: {error})") from None
         self._note(raw.nbytes + (0 if out is raw else out.nbytes) + largest)
