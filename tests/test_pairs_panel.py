@@ -10,7 +10,7 @@ from stlake import panel as panel_mod
 from stlake import schemas, tables
 from stlake.pairs import build_pairs
 from stlake.stream import StreamSpec, make_loader, resolve_panel
-from stlake.stream import testlake as tl
+from stlake.testing import lake as tl
 
 N_GENES = 40
 SLIDES = [tl.FakeSlide("p0", 0, "Visium", n_spots=30), tl.FakeSlide("p1", 1, "ST", tissue="liver", n_spots=30),

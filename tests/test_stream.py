@@ -12,7 +12,7 @@ import torch
 from stlake import panel as panel_mod
 from stlake import tables
 from stlake.stream import StreamSpec, make_loader, resolve_panel
-from stlake.stream import testlake as tl
+from stlake.testing import lake as tl
 from stlake.stream.fs import petastorm_inputs
 from stlake.stream.reader import RowBuffer
 from stlake.stream.snapshot import select_files

@@ -1,1 +1,1 @@
-"""Helpers for tests and local demos (a real S3 server; no mocks)."""
+"""Helpers for tests, benchmarks and local demos: a real S3 server (`s3server`), small lakes of known content (`lake`)."""
