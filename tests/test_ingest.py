@@ -20,11 +20,8 @@ MARKER_CHECKS_PER_SLIDE = 150
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
-    out = str(tmp_path_factory.mktemp("synth"))
-    summary = generate(out, size="small", seed=7, corrupt=True)
-    summary["root"] = out
-    return summary
+def dataset(synthetic_dataset) -> dict:
+    return synthetic_dataset
 
 
 @pytest.fixture(scope="module")

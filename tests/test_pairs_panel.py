@@ -23,12 +23,6 @@ def planted_counts(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from stlake.spark import spark_session
-    return spark_session("stlake-test-stream", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-
-
-@pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("lake"))
     extra = {s.slide_id: {PLANTED: planted_counts(tl.n_spots(s))} for s in SLIDES}

@@ -391,12 +391,11 @@ def check_against_truth(record, truth) -> None:
         assert all(name in detail for name in truth.unmatched_counts + truth.unmatched_detector[:5])
 
 
-def test_read_synthetic_dataset(tmp_path):
-    synth = pytest.importorskip("stlake.synth", reason="stlake.synth (the synthetic generator) is not available yet")
+def test_read_synthetic_dataset(synthetic_dataset):
     from stlake.discover import discover
+    from stlake.synth import load_truth
 
-    out = tmp_path / "synth"
-    summary = synth.generate(str(out), size="small", corrupt=True)
+    out, summary = Path(synthetic_dataset["root"]), synthetic_dataset
     scanned, listed = discover(str(out)), discover(str(out / "manifest.csv"))
     assert [r.slide_id for r in scanned] == [r.slide_id for r in listed] == sorted(summary["paths"])
     assert {r.slide_id: _outcome(r) for r in scanned} == {r.slide_id: _outcome(r) for r in listed}
@@ -408,7 +407,7 @@ def test_read_synthetic_dataset(tmp_path):
             continue
         record = read_slide(ref)
         assert len(record.spots) == summary["n_spots"][ref.slide_id]
-        truth = synth.load_truth(str(out), ref.slide_id)
+        truth = load_truth(str(out), ref.slide_id)
         check_against_truth(record, truth)
         if ref.layout == "visiumhd":  # the 16 µm bins too
             coarse = read_slide(ref, ReaderOptions(bin_size_um=16))

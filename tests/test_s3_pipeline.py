@@ -14,17 +14,14 @@ from stlake.demo import upload_folder
 from stlake.ingest import CommitFailed, ingest
 from stlake.options import IngestOptions
 from stlake.sql import run_sql, table_route
-from stlake.synth import CORRUPT_SLIDES, generate
+from stlake.synth import CORRUPT_SLIDES
 
 DATA_TABLES = ("slides", "spots", "expression", "annotations")
 
 
 @pytest.fixture(scope="module")
-def local_dataset(tmp_path_factory) -> dict:
-    out = str(tmp_path_factory.mktemp("raw"))
-    summary = generate(out, size="small", seed=11, corrupt=True)
-    summary["root"] = out
-    return summary
+def local_dataset(synthetic_dataset) -> dict:
+    return synthetic_dataset
 
 
 @pytest.fixture

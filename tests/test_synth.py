@@ -25,10 +25,9 @@ BARCODE = re.compile(r"^[ACGT]{16}-1$")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "data"
-    summary = generate(str(out), size="small", seed=0, corrupt=True)
-    return str(out), summary
+def dataset(synthetic_dataset):
+    """(folder, summary) of the shared seed-0 dataset (tests/conftest.py)."""
+    return synthetic_dataset["root"], synthetic_dataset
 
 
 def read_image(path: str) -> np.ndarray:

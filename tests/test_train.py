@@ -379,17 +379,15 @@ def test_train_command_and_job_script_help():
 # ---------------------------------------------------------------- the job on a real lake (make test-slow)
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory) -> str:
+def small_lake(spark, tmp_path_factory) -> str:
     """synth (small) -> Spark ingest -> pairs -> a 64-gene HVG panel."""
     from stlake.ingest import ingest
     from stlake.options import IngestOptions
     from stlake.pairs import build_pairs
     from stlake.panel import compute_hvg
-    from stlake.spark import spark_session
     from stlake.synth import generate
     root = tmp_path_factory.mktemp("train-lake")
     generate(str(root / "synth"), size="small")
-    spark = spark_session("stlake-test-train")
     lake = str(root / "lake")
     report = ingest(spark, IngestOptions(source=str(root / "synth" / "manifest.csv"), lake=lake))
     assert report.landed
