@@ -163,7 +163,7 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
     meta = dict(plan.ref.meta)
     return {
         "slide_id": plan.ref.slide_id, "technology": plan.ref.technology, "layout": plan.ref.layout,
-        "species": plan.ref.species, "tissue": plan.ref.tissue,
+        "species": genes.normalise_species(plan.ref.species), "tissue": plan.ref.tissue,
         "source_uri": plan.ref.paths.get("root") or plan.ref.paths.get("counts") or record.image_uri,
         "image_uri": record.image_uri, "image_format": plan.image.format,
         "image_width": plan.image.width, "image_height": plan.image.height,
@@ -210,9 +210,9 @@ def commit_table(lake: str, name: str, files: list[tables.DataFile], new_genes: 
         return tables.overwrite_small_table(lake, "genes", lambda current: genes.merge_gene_rows(current, new_genes),
                                            run_id)
     replace = () if name == "rejects" else landed_ids
-    if files or (replace and tables.open_table(lake, name) is not None):
-        return tables.commit(lake, name, files, replace, run_id)
-    return None
+    if not files and not replace:
+        return None
+    return tables.commit(lake, name, files, replace, run_id)
 
 
 def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, run_id: str) -> dict[str, int]:

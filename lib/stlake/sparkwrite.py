@@ -46,13 +46,6 @@ def _flush(lake: str, table_name: str, schema: pa.Schema, batches: list[pa.Recor
     return tables.write_data_files(lake, table_name, table, tag) if table.num_rows else []
 
 
-def current_slides(lake: str, table_name: str) -> set[str]:
-    """Slide ids with rows in the table's current snapshot (empty for tables without ``slide_id``)."""
-    if "slide_id" not in schemas.TABLES[table_name].names:
-        return set()
-    return set(tables.read_table(lake, table_name, columns=["slide_id"]).column("slide_id").to_pylist())
-
-
 def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
                     replace_slides: Optional[Iterable[str]] = None, replace_all: bool = False) -> int:
     """Write ``frame`` (columns of the table's schema) as the table's new rows; returns the new version.
@@ -66,9 +59,8 @@ def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
     forward_storage_environment(frame.sparkSession)
     rows = frame.mapInArrow(_writer(lake, table_name, run_id), from_arrow_schema(FILE_ROW)).collect()
     files = [tables.DataFile(**row.asDict()) for row in rows]
-    if replace_all:
-        replace_slides = current_slides(lake, table_name)
-    return tables.commit(lake, table_name, files, replace_slides or (), run_id, operation=f"write {table_name}")
+    return tables.commit(lake, table_name, files, replace_slides or (), run_id, operation=f"write {table_name}",
+                         replace_all=replace_all)
 
 
 __all__ = ["write_dataframe"]

@@ -127,12 +127,21 @@ def discard(lake: str, files: Iterable[DataFile]) -> None:
 
 # ---------------------------------------------------------------- reading snapshots
 
-def open_table(lake: str, table_name: str) -> Optional[DeltaTable]:
-    """The table's current snapshot, or None when it does not exist yet."""
+def open_table(lake: str, table_name: str, version: Optional[int] = None) -> Optional[DeltaTable]:
+    """The table's snapshot (the current one, or ``version``), or None when it does not exist yet."""
     try:
-        return DeltaTable(table_uri(lake, table_name), storage_options=storage.delta_storage_options())
+        return DeltaTable(table_uri(lake, table_name), version=version,
+                          storage_options=storage.delta_storage_options())
     except TableNotFoundError:
         return None
+
+
+def slide_ids(lake: str, table_name: str, version: Optional[int] = None) -> list[str]:
+    """The distinct slide ids with rows in a snapshot of the table (sorted; empty when it does not exist)."""
+    table = open_table(lake, table_name, version)
+    if table is None:
+        return []
+    return sorted(pc.unique(table.to_pyarrow_table(columns=["slide_id"]).column("slide_id")).to_pylist())
 
 
 def active_files(lake: str, table_name: str) -> list[str]:
@@ -163,6 +172,11 @@ def add_actions(table: DeltaTable) -> pa.Table:
 
 def _removal(path: str, size: int) -> RemoveAction:
     return RemoveAction(path, True, int(time.time() * 1000), size, {})
+
+
+def _all_files(table: DeltaTable) -> list[tuple[str, int]]:
+    """(path, size) of every file in the snapshot."""
+    return list(zip(*(add_actions(table).column(c).to_pylist() for c in ("path", "size_bytes"))))
 
 
 def _files_of_slides(table: DeltaTable, slide_ids: set[str]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -227,8 +241,9 @@ def _properties(run_id: str, operation: str) -> CommitProperties:
 
 
 def commit(lake: str, table_name: str, files: list[DataFile], replace_slides: Iterable[str] = (),
-           run_id: str = "", operation: str = "ingest") -> int:
-    """Commit ``files`` to a table in one transaction, replacing the rows of ``replace_slides``.
+           run_id: str = "", operation: str = "ingest", replace_all: bool = False) -> int:
+    """Commit ``files`` to a table in one transaction, replacing the rows of ``replace_slides`` (or every
+    current row with ``replace_all``). Creates the table when missing.
 
     Returns the new table version. A lost race is rebuilt on the new snapshot and retried.
     """
@@ -238,6 +253,8 @@ def commit(lake: str, table_name: str, files: list[DataFile], replace_slides: It
         table = open_table(lake, table_name)
         if table is None:
             return _create(lake, table_name, files, props)
+        if replace_all:
+            return _append(table, table_name, files, _all_files(table), props)
         whole, mixed = _files_of_slides(table, replace)
         rewritten = [new for path, _ in mixed for new in _rewrite_without(lake, table_name, path, replace)]
         try:
@@ -267,8 +284,7 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
         try:
             if table is None:
                 return _create(lake, table_name, files, props)
-            removes = list(zip(*(add_actions(table).column(c).to_pylist() for c in ("path", "size_bytes"))))
-            return _append(table, table_name, files, removes, props)
+            return _append(table, table_name, files, _all_files(table), props)
         except Exception:
             discard(lake, files)
             raise
