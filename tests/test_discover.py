@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stlake.discover import MAX_DEPTH, discover, resolve_relative
-from stlake.readers import ReaderOptions, read_slide
+from stlake import storage
+from stlake.discover import MAX_DEPTH, discover
+from stlake.readers import ReaderOptions, read_slide, stimage, visium
 
 
 def _fixtures():
@@ -150,8 +151,50 @@ def test_manifest_explicit_role_paths_and_errors(tmp_path):
 
 
 def test_resolve_relative():
-    assert resolve_relative("a/b.csv", "s3://bucket/manifests") == "s3://bucket/manifests/a/b.csv"
-    assert resolve_relative("../data/x", "s3://bucket/manifests") == "s3://bucket/data/x"
-    assert resolve_relative("s3a://other/key", "s3://bucket/m") == "s3://other/key"
-    assert resolve_relative("/abs/path", "s3://bucket/m") == "/abs/path"
-    assert resolve_relative("x/../y", "/base") == "/base/y"
+    assert storage.resolve("s3://bucket/manifests", "a/b.csv") == "s3://bucket/manifests/a/b.csv"
+    assert storage.resolve("s3://bucket/manifests", "../data/x") == "s3://bucket/data/x"
+    assert storage.resolve("s3://bucket/m", "s3a://other/key") == "s3://other/key"
+    assert storage.resolve("s3://bucket/m", "/abs/path") == "/abs/path"
+    assert storage.resolve("/base", "x/../y") == "/base/y"
+    assert storage.parent("s3a://bucket/m/manifest.csv") == "s3://bucket/m"
+    assert storage.parent("s3://bucket") == "s3://bucket" and storage.parent("/base/m.csv") == "/base"
+
+
+def test_readers_do_not_resolve_discovered_paths_again(tmp_path, monkeypatch):
+    """Discovery resolves roles and applies the STimage meta once; the readers list no folder and
+    read no meta CSV for such refs."""
+    root = make_root(tmp_path / "data")
+    no_tissue = fx.STIMAGE_META.replace("mouse,kidney,", "mouse,,")  # the reader used to look again for it
+    fx.write(root / "releases" / "stimage_1k4m" / "meta" / "meta_all_gene.csv", no_tissue)
+    refs = {r.slide_id: r for r in discover(str(root))}
+    assert "meta" not in refs["slideA"].paths and "meta" not in refs["slideS"].paths
+
+    listed = []
+
+    def no_listing(uri):
+        if uri != refs["V2"].paths["root"]:  # V2 has no full-res image: only its root is looked at again
+            raise AssertionError(f"listed again: {uri}")
+        listed.append(uri)
+        return []
+
+    def no_meta(path):
+        raise AssertionError(f"meta read again: {path}")
+
+    monkeypatch.setattr(storage, "list_dir", no_listing)
+    monkeypatch.setattr(stimage, "read_meta_table", no_meta)
+    for slide in ("V1", "V2"):
+        assert visium.resolve_paths(refs[slide].paths) == refs[slide].paths
+    assert listed == [refs["V2"].paths["root"]]
+    records = {slide: read_slide(refs[slide]) for slide in ("V1", "V2", "slideA", "slideS")}
+    assert records["V1"].image_source == "fullres" and records["V2"].image_source == "hires"
+    assert records["slideA"].ref.tissue == "brain"
+    assert records["slideA"].ref.meta["title"] == "A title"
+    assert (records["slideS"].ref.species, records["slideS"].ref.tissue) == ("mouse", None)
+
+
+def test_stimage_slide_without_meta_row_is_still_warned_by_the_reader(tmp_path):
+    root = fx.make_stimage(tmp_path / "release")
+    fx.write(root / "meta" / "meta_all_gene.csv", fx.STIMAGE_META.split("slideS")[0])  # slideS has no row
+    refs = {r.slide_id: r for r in discover(str(root))}
+    assert "meta" in refs["slideS"].paths and "meta" not in refs["slideA"].paths
+    assert [w[0] for w in read_slide(refs["slideS"]).warnings] == ["meta_missing"]

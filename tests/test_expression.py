@@ -177,16 +177,6 @@ def test_duplicate_spot_ids_across_batches_of_a_chunk(tmp_path, monkeypatch):
     assert error_of(ExpressionSource("dense_csv", write(tmp_path / "x.csv", text))).reason == "duplicate_spot_ids"
 
 
-def test_batch_totals(tmp_path):
-    batch = ex.SparseBatch(np.array(["a", "b", "c"], dtype=object), np.array([0, 2, 2, 5], dtype=np.int64),
-                           np.array([0, 3, 1, 2, 4], dtype=np.int32), np.array([5, 1, 2, 3, 2_000_000_000], np.int32))
-    totals, detected = ex.batch_totals(batch)
-    assert totals.dtype == np.int64 and detected.dtype == np.int32
-    assert totals.tolist() == [6, 0, 2_000_000_005] and detected.tolist() == [2, 0, 3]
-    totals, detected = ex.batch_totals(batch, np.array([10, 11, -1, 13, 14]))
-    assert totals.tolist() == [6, 0, 2_000_000_002] and detected.tolist() == [2, 0, 2]
-
-
 def test_chunks_are_small_and_picklable(tmp_path):
     import pickle
     uri = write(tmp_path / "c.csv", csv_text(random_counts()))

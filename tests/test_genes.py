@@ -95,6 +95,19 @@ def test_to_global_matches_a_dense_reference():
         assert list(zip(g, c)) == expected
 
 
+def test_list_totals_of_global_rows():
+    """Per-row totals and gene counts come from ``to_global``'s lists (formerly ``batch_totals``)."""
+    batch = SparseBatch(np.array(["a", "b", "c"], dtype=object), np.array([0, 2, 2, 5], dtype=np.int64),
+                        np.array([0, 3, 1, 2, 4], dtype=np.int32), np.array([5, 1, 2, 3, 2_000_000_000], np.int32))
+    totals, detected = genes.list_totals(genes.to_global(batch, np.arange(10, 15))[1])
+    assert totals.dtype == np.int64 and detected.dtype == np.int32
+    assert totals.tolist() == [6, 0, 2_000_000_005] and detected.tolist() == [2, 0, 3]
+    columns = genes.GlobalColumns.of(np.array([10, 11, -1, 13, 14]))
+    totals, detected = genes.list_totals(genes.to_global(batch, columns)[1])
+    assert totals.tolist() == [6, 0, 2_000_000_002] and detected.tolist() == [2, 0, 2]
+    assert genes.list_totals(genes.to_global(batch, columns)[1].slice(1))[0].tolist() == [0, 2_000_000_002]
+
+
 def gene_rows(*rows: tuple) -> pa.Table:
     return pa.Table.from_pylist([dict(zip(schemas.GENES.names, r)) for r in rows], schema=schemas.GENES)
 

@@ -310,6 +310,26 @@ def test_tiff_region_reads_equal_slicing(tmp_path, kwargs):
             assert np.array_equal(region, image[max(y0, 0):y1, max(x0, 0):x1]), (y0, y1, x0, x1)
 
 
+def test_tiff_is_opened_and_parsed_once_per_reader(tmp_path, monkeypatch):
+    image = busy_image(120, 90)
+    path = tmp_path / "once.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(32, 32))
+    opened, parsed = [], []
+    original_open, original_level = imageio.storage.open_input, imageio._TiffLevel
+
+    class CountingLevel(original_level):
+        def __init__(self, fh):
+            parsed.append(fh)
+            super().__init__(fh)
+
+    monkeypatch.setattr(imageio.storage, "open_input", lambda uri: opened.append(uri) or original_open(uri))
+    monkeypatch.setattr(imageio, "_TiffLevel", CountingLevel)
+    with imageio.open_region_reader(str(path), 1 << 30) as reader:
+        assert reader.info == imageio.ImageInfo(90, 120, 3, "tiff", True)
+        assert np.array_equal(reader.read_region(10, 70, 5, 80), image[10:70, 5:80])
+    assert len(opened) == 1 and len(parsed) == 1
+
+
 def test_tiff_sample_types(tmp_path):
     image = busy_image(90, 70)
     wide = image.astype(np.uint16) * 256 + 77

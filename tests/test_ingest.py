@@ -71,6 +71,13 @@ def test_good_slides_land_and_broken_ones_are_rejected_with_their_reason(lake, d
     assert landed == set(report.landed)
 
 
+def test_report_sums_unit_seconds_by_kind(lake):
+    report = lake["report"]
+    assert set(report.unit_seconds) == {"tiles", "expression"}
+    assert all(seconds >= 0 for seconds in report.unit_seconds.values()) and sum(report.unit_seconds.values()) > 0
+    assert '"unit_seconds"' in report.to_json()
+
+
 def test_every_expected_spot_lands_once(lake, dataset):
     spots = tables.read_table(lake["dir"], "spots", columns=["slide_id", "spot_id"])
     per_slide = Counter(spots["slide_id"].to_pylist())

@@ -136,7 +136,7 @@ def test_server_restart_mid_run_fails_cleanly_and_a_rerun_lands_everything(spark
     try:
         with pytest.raises(CommitFailed, match="committing table 'spots' failed") as failure:
             ingest(spark, options)
-        assert failure.value.committed.keys() == {"genes", "expression"}
+        assert failure.value.committed.keys() == {"genes", "expression", "annotations"}
     finally:
         monkeypatch.setattr(tables, "commit", original_commit)
         server.start()

@@ -16,15 +16,13 @@ Space Ranger slide ids are the folder name, or the parent's name when the folder
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 from typing import Any, Iterable, Optional
 
 import yaml
 
 from stlake import storage
-from stlake.readers import st, stimage, visium
-from stlake.readers.common import find_fullres_image, parent, read_csv
+from stlake.readers import st, stimage, visium, visiumhd
+from stlake.readers.common import read_csv
 from stlake.records import LAYOUTS, TECHNOLOGIES, SlideRef
 
 log = logging.getLogger(__name__)
@@ -135,7 +133,7 @@ def is_release(folder: str, names: list[str]) -> bool:
 def spaceranger_slide_id(folder: str) -> str:
     """Folder name, or the parent's name for an ``outs`` folder."""
     name = storage.basename(folder)
-    return storage.basename(parent(folder)) if name == "outs" else name
+    return storage.basename(storage.parent(folder)) if name == "outs" else name
 
 
 def visium_ref(folder: str) -> SlideRef:
@@ -144,21 +142,18 @@ def visium_ref(folder: str) -> SlideRef:
 
 def visiumhd_ref(folder: str) -> SlideRef:
     """Bin-specific paths are left to the reader (the bin size is a reader option)."""
-    paths = {"root": folder}
-    image = find_fullres_image(folder)
-    if image:
-        paths["image"] = image
-    return SlideRef(spaceranger_slide_id(folder), "visiumhd", "VisiumHD", paths)
+    return SlideRef(spaceranger_slide_id(folder), "visiumhd", "VisiumHD", visiumhd.resolve_paths({"root": folder}))
 
 
 def st_ref(folder: str, paths: dict[str, str]) -> SlideRef:
     return SlideRef(storage.basename(folder), "st", "ST", {"root": folder, **paths})
 
 
-def _meta_table(root: str) -> dict[str, dict[str, str]]:
+def _meta_table(root: str) -> Optional[dict[str, dict[str, str]]]:
+    """The release's meta rows by slide; None without a meta CSV, empty when it is unreadable."""
     path = storage.join(root, *stimage.META_PATH)
     if not storage.exists(path):
-        return {}
+        return None
     try:
         return stimage.read_meta_table(path)
     except Exception as error:  # the reader reports it per slide; discovery goes on
@@ -181,13 +176,13 @@ def scan_release(root: str) -> list[SlideRef]:
             paths = stimage.slide_paths(root, tech, slide)
             if storage.basename(paths["annotation"]) not in annotations:
                 paths.pop("annotation")
-            if not meta:
+            if meta is None:
                 paths.pop("meta")
             if f"{slide}.png" not in image_names:
                 other = [n for n in image_names if n.rsplit(".", 1)[0] == slide]
                 if other:
                     paths["image"] = storage.join(root, tech, "image", other[0])
-            refs.append(stimage.apply_meta(SlideRef(slide, "stimage", tech, paths), meta.get(slide)))
+            refs.append(stimage.apply_meta(SlideRef(slide, "stimage", tech, paths), (meta or {}).get(slide)))
     return refs
 
 
@@ -195,9 +190,9 @@ def scan_release(root: str) -> list[SlideRef]:
 
 def read_manifest(uri: str) -> list[SlideRef]:
     """The slides listed in a CSV or YAML manifest; relative paths are relative to its folder."""
-    base = parent(uri)
+    base = storage.parent(uri)
     rows = _yaml_rows(uri) if uri.lower().endswith((".yaml", ".yml")) else _csv_rows(uri)
-    metas: dict[str, dict[str, dict[str, str]]] = {}
+    metas: dict[str, Optional[dict[str, dict[str, str]]]] = {}
     return [_row_ref(row, base, f"{uri} entry {number}", metas) for number, row in enumerate(rows, 1)]
 
 
@@ -220,25 +215,14 @@ def _yaml_rows(uri: str) -> list[dict[str, str]]:
     return [_clean(row) for row in slides]
 
 
-def resolve_relative(path: str, base: str) -> str:
-    """``path`` as an absolute path / URI, relative ones taken from ``base`` (a folder, local or s3://)."""
-    if storage.is_s3(path):
-        return storage.normalize(path)
-    if os.path.isabs(path) or path.startswith("~"):
-        return storage.normalize(path)
-    if storage.is_s3(base):
-        bucket_key = base.split("://", 1)[1]
-        return "s3://" + posixpath.normpath(posixpath.join(bucket_key, path))
-    return os.path.normpath(os.path.join(base, path))
-
-
-def _row_ref(row: dict[str, str], base: str, context: str, metas: dict[str, dict[str, dict[str, str]]]) -> SlideRef:
+def _row_ref(row: dict[str, str], base: str, context: str,
+             metas: dict[str, Optional[dict[str, dict[str, str]]]]) -> SlideRef:
     """One manifest entry -> ``SlideRef`` (explicit role paths win over derived ones)."""
     slide_id, layout = row.get("slide_id"), row.get("layout", "").lower()
     if not slide_id or layout not in LAYOUTS:
         raise ValueError(f"{context}: needs slide_id and a layout in {', '.join(LAYOUTS)} (got {row})")
-    root = resolve_relative(row["path"], base) if row.get("path") else None
-    roles = {role: resolve_relative(row[role], base) for role in ROLES if row.get(role)}
+    root = storage.resolve(base, row["path"]) if row.get("path") else None
+    roles = {role: storage.resolve(base, row[role]) for role in ROLES if row.get(role)}
     technology = row.get("technology") or LAYOUT_TECHNOLOGY.get(layout)
     if layout == "stimage" and not technology and root:
         technology = stimage.find_technology(root, slide_id)
@@ -253,28 +237,16 @@ def _row_ref(row: dict[str, str], base: str, context: str, metas: dict[str, dict
     if layout == "stimage" and root:
         if root not in metas:
             metas[root] = _meta_table(root)
-        ref = stimage.apply_meta(ref, metas[root].get(slide_id))
+        ref = stimage.apply_meta(ref, (metas[root] or {}).get(slide_id))
     return ref
 
 
 def _layout_paths(layout: str, root: Optional[str], technology: str, slide_id: str,
                   roles: dict[str, str]) -> dict[str, str]:
-    """Role paths of a manifest entry: derived from ``root`` per layout, then the explicit ones."""
+    """Role paths of a manifest entry: derived from ``root`` by the layout's reader, then the explicit ones."""
     if not root:
         return roles
-    if layout == "stimage":
-        derived = stimage.slide_paths(root, technology, slide_id)
-        for optional in ("annotation", "meta"):
-            if not storage.exists(derived[optional]):
-                derived.pop(optional)
-        return {**derived, **roles}
-    if layout == "visium":
-        return visium.resolve_paths({"root": root, **roles})
-    if layout == "st":
-        return st.resolve_paths({"root": root, **roles})
-    paths = {"root": root, **roles}  # visiumhd: bin-specific roles are resolved by the reader
-    if "image" not in paths:
-        image = find_fullres_image(root)
-        if image:
-            paths["image"] = image
-    return paths
+    if layout == "stimage":  # every role derived from root, so the optional ones are found next to explicit ones
+        return {**stimage.resolve_paths({"root": root}, technology, slide_id), **roles}
+    resolvers = {"visium": visium.resolve_paths, "st": st.resolve_paths, "visiumhd": visiumhd.resolve_paths}
+    return resolvers[layout]({"root": root, **roles})

@@ -42,7 +42,6 @@ PARSE_BLOCK = 1 << 20  # bytes of text one vectorised parse handles (cache frien
 READ_BLOCK = 8 << 20  # bytes read from storage at once; also the unit of the (slower) pyarrow parse
 INT32_MAX = np.iinfo(np.int32).max
 GENE_EXPRESSION = "Gene Expression"
-GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_SEP = {"dense_csv": ",", "st_tsv": "\t"}
 
 _NL, _CR, _DOT, _ZERO = 10, 13, 46, 48
@@ -108,23 +107,6 @@ def read_chunk(src: ExpressionSource, plan: ExprPlan, chunk: ExprChunk) -> Itera
         for batch in readers[chunk.kind](src, plan, chunk):
             _check_unique(batch.spot_ids, seen, src.uri)
             yield batch
-
-
-def batch_totals(batch: SparseBatch, gene_ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: total counts (int64) and number of non-zero genes (int32).
-
-    Over all source columns of the row; with ``gene_ids`` (a ``GeneMap.gene_ids``) columns mapped to -1
-    (dropped by harmonisation) are left out, so the totals match the stored lists.
-    """
-    counts = batch.counts.astype(np.int64)
-    present = np.ones(len(counts), dtype=bool)
-    if gene_ids is not None:
-        present = np.asarray(gene_ids)[batch.indices] >= 0
-        counts = np.where(present, counts, 0)
-    sums = np.concatenate([[0], np.cumsum(counts)])
-    kept = np.concatenate([[0], np.cumsum(present & (batch.counts > 0), dtype=np.int64)])
-    start, stop = batch.indptr[:-1], batch.indptr[1:]
-    return (sums[stop] - sums[start]).astype(np.int64), (kept[stop] - kept[start]).astype(np.int32)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -230,11 +212,6 @@ def _sep(src: ExpressionSource) -> str:
     return sep
 
 
-def _is_gzip(uri: str) -> bool:
-    with storage.open_input(uri) as handle:
-        return handle.read(2) == GZIP_MAGIC
-
-
 def _read_line(handle: BinaryIO) -> bytes:
     """Bytes from the current position through the next ``\\n`` (or EOF); the handle is left after them."""
     start, parts = handle.tell(), []
@@ -269,9 +246,7 @@ def _text_genes(header: list[str], first_row: list[str], uri: str) -> list[str]:
 def _plan_text(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
     """Header -> genes; byte-range chunks of the data lines (one ``gzip`` chunk when compressed)."""
     sep, size = _sep(src), storage.size(src.uri)
-    compressed = _is_gzip(src.uri)
-    with storage.open_input(src.uri) as raw:
-        handle = gzip.GzipFile(fileobj=raw) if compressed else raw
+    with storage.open_decompressed(src.uri) as (handle, compressed):
         header = _read_line(handle)
         first = _read_line(handle)
     genes = _text_genes(_split_fields(header, sep), _split_fields(first, sep), src.uri)
@@ -642,15 +617,10 @@ def _mtx_file(folder: str, *names: str) -> str:
     raise SlideError("expression_unreadable", f"none of {', '.join(names)} in {folder}")
 
 
-def _read_text_file(uri: str) -> bytes:
-    """Whole file content, gunzipped when it is gzip."""
-    data = storage.read_bytes(uri)
-    return gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
-
-
 def _tsv_columns(uri: str) -> list[list[str]]:
     """Columns of a small header-less TSV file."""
-    lines = [line.rstrip("\r").split("\t") for line in _read_text_file(uri).decode("utf-8").split("\n") if line.strip()]
+    text = storage.read_decompressed(uri).decode("utf-8")
+    lines = [line.rstrip("\r").split("\t") for line in text.split("\n") if line.strip()]
     width = max((len(line) for line in lines), default=0)
     return [[line[j].strip() if j < len(line) else "" for line in lines] for j in range(width)]
 
@@ -692,7 +662,7 @@ def _plan_mtx(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
 
 def _read_mtx_chunk(src: ExpressionSource, plan: ExprPlan, chunk: ExprChunk) -> Iterator[SparseBatch]:
     uri = _mtx_file(src.uri, "matrix.mtx.gz", "matrix.mtx")
-    data = _read_text_file(uri)
+    data = storage.read_decompressed(uri)
     field, (n_features, n_barcodes, n_entries), offset = _mtx_header(data, uri)
     if field not in ("integer", "real"):
         raise SlideError("expression_unreadable", f"MatrixMarket field {field!r} has no counts: {uri}")

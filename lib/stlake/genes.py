@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -129,20 +129,35 @@ def _describe(genes: list[str], ensembl_ids: list[Optional[str]], column: int) -
     return f"column {column + 1} {genes[column]!r}" + (f" ({ens})" if ens else "")
 
 
-def to_global(batch: "SparseBatch", gene_ids: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
+@dataclass(frozen=True)
+class GlobalColumns:
+    """A slide's source columns ranked by global gene id; build it once and reuse it for every batch."""
+
+    rank: np.ndarray  # int64 per source column: rank of its global id, -1 = dropped
+    ids: np.ndarray  # int64 global id of each rank, ascending
+
+    @classmethod
+    def of(cls, gene_ids: np.ndarray) -> "GlobalColumns":
+        """From ``GeneMap.gene_ids`` (global id per source column, -1 = dropped)."""
+        gid = np.asarray(gene_ids, dtype=np.int64)
+        valid = np.flatnonzero(gid >= 0)
+        by_id = valid[np.argsort(gid[valid], kind="stable")]
+        rank = np.full(len(gid), -1, dtype=np.int64)
+        rank[by_id] = np.arange(len(by_id))
+        return cls(rank, gid[by_id])
+
+
+def to_global(batch: "SparseBatch", gene_ids: Union[np.ndarray, GlobalColumns]) -> tuple[pa.ListArray, pa.ListArray]:
     """Per row: global gene ids ascending (int64 lists) and their counts (int32 lists), dropped columns removed.
 
-    ``gene_ids`` is ``GeneMap.gene_ids``: the global id of every source column, -1 for dropped ones.
-    Source columns are renumbered by the rank of their global id, so ordering each row is scipy's
-    per-row index sort rather than one sort of the whole chunk.
+    ``gene_ids`` is ``GeneMap.gene_ids`` (the global id of every source column, -1 for dropped ones) or,
+    to rank the columns once for many batches, its ``GlobalColumns``. Source columns are renumbered by
+    the rank of their global id, so ordering each row is scipy's per-row index sort rather than one
+    sort of the whole chunk.
     """
+    ranked = gene_ids if isinstance(gene_ids, GlobalColumns) else GlobalColumns.of(gene_ids)
     n = len(batch.spot_ids)
-    gid = np.asarray(gene_ids, dtype=np.int64)
-    valid = np.flatnonzero(gid >= 0)
-    by_id = valid[np.argsort(gid[valid], kind="stable")]
-    rank = np.full(len(gid), -1, dtype=np.int64)
-    rank[by_id] = np.arange(len(by_id))
-    columns = rank[batch.indices]
+    columns = ranked.rank[batch.indices]
     counts = np.asarray(batch.counts, dtype=np.int32)
     indptr = np.asarray(batch.indptr, dtype=np.int64)
     keep = columns >= 0
@@ -150,12 +165,19 @@ def to_global(batch: "SparseBatch", gene_ids: np.ndarray) -> tuple[pa.ListArray,
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[keep]
         columns, counts = columns[keep], counts[keep]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    matrix = sp.csr_matrix((counts, columns, indptr), shape=(n, max(len(by_id), 1)))
+    matrix = sp.csr_matrix((counts, columns, indptr), shape=(n, max(len(ranked.ids), 1)))
     matrix.sort_indices()
     offsets_array = pa.array(matrix.indptr.astype(np.int32), type=pa.int32())
-    return (pa.ListArray.from_arrays(offsets_array, pa.array(gid[by_id][matrix.indices], type=pa.int64())),
+    return (pa.ListArray.from_arrays(offsets_array, pa.array(ranked.ids[matrix.indices], type=pa.int64())),
             pa.ListArray.from_arrays(offsets_array, pa.array(matrix.data.astype(np.int32, copy=False),
                                                              type=pa.int32())))
+
+
+def list_totals(count_lists: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``to_global``'s counts: total counts (int64, no overflow) and number of genes (int32)."""
+    offsets = count_lists.offsets.to_numpy()
+    sums = np.concatenate([[0], np.cumsum(count_lists.values.to_numpy(), dtype=np.int64)])
+    return sums[offsets[1:]] - sums[offsets[:-1]], np.diff(offsets).astype(np.int32)
 
 
 def _smallest_per_gene(frame: pd.DataFrame) -> pd.DataFrame:

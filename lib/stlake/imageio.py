@@ -24,6 +24,7 @@ Formats are recognised from magic bytes, never from the file extension.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 
 # OpenCV refuses images over 2**30 pixels unless told otherwise (read on first decode).
@@ -172,20 +173,46 @@ def probe_image(uri: str) -> ImageInfo:
     return _probe(uri)[0]
 
 
-def _probe(uri: str) -> tuple[ImageInfo, Optional[_PngHeader]]:
+@contextlib.contextmanager
+def _header_errors(uri: str) -> Iterator[None]:
+    """Header problems become ``SlideError`` naming ``uri``."""
     try:
-        with storage.open_input(uri) as fh:
-            fmt = sniff_format(fh.read(16))
-            if fmt == "png":
-                return _probe_png(fh)
-            if fmt == "jpeg":
-                return _probe_jpeg(fh), None
-            with _TiffLevel(fh) as level:
-                return level.info, None
+        yield
     except SlideError as error:
         raise SlideError(error.reason, f"{uri}: {error.detail}") from None
     except (OSError, ValueError, struct.error, IndexError, KeyError) as error:
         raise SlideError("image_unreadable", f"{uri}: cannot read the image header ({error})") from None
+
+
+def _parse_header(fh: BinaryIO) -> tuple[ImageInfo, Optional[_PngHeader], Optional[_TiffLevel]]:
+    """Sniff and parse the header of an open file; a TIFF's level comes back open."""
+    fmt = sniff_format(fh.read(16))
+    if fmt == "png":
+        info, header = _probe_png(fh)
+        return info, header, None
+    if fmt == "jpeg":
+        return _probe_jpeg(fh), None, None
+    level = _TiffLevel(fh)
+    return level.info, None, level
+
+
+def _open_probed(uri: str) -> tuple[BinaryIO, ImageInfo, Optional[_PngHeader], Optional[_TiffLevel]]:
+    """``uri`` opened and its header parsed once; the caller closes the file (and a TIFF level)."""
+    with _header_errors(uri):
+        fh = storage.open_input(uri)
+        try:
+            return (fh, *_parse_header(fh))
+        except BaseException:
+            fh.close()
+            raise
+
+
+def _probe(uri: str) -> tuple[ImageInfo, Optional[_PngHeader]]:
+    fh, info, png, level = _open_probed(uri)
+    if level is not None:
+        level.close()
+    fh.close()
+    return info, png
 
 
 class _SeqReader:
@@ -306,10 +333,12 @@ def open_region_reader(uri: str, budget_bytes: int = DEFAULT_BUDGET) -> RegionRe
 
     Raises ``SlideError("image_too_large")`` for a JPEG (or interlaced PNG) over budget, and
     ``SlideError("image_unreadable")`` for anything that is not a readable PNG/JPEG/TIFF.
+    A TIFF is opened and its structure parsed once; the reader keeps that file and level.
     """
-    info, png = _probe(uri)
-    if info.format == "tiff":
-        return _TiffReader(uri, info, budget_bytes)
+    fh, info, png, level = _open_probed(uri)
+    if level is not None:
+        return _TiffReader(uri, fh, level, budget_bytes)
+    fh.close()
     need = decoded_bytes(info)
     if need <= budget_bytes:
         return _CachedReader(uri, info, budget_bytes)
@@ -641,18 +670,12 @@ class _TiffLevel:
 class _TiffReader(RegionReader):
     """Random-access reads of TIFF level 0, decoding only the intersecting strips or tiles."""
 
-    def __init__(self, uri: str, info: ImageInfo, budget_bytes: int):
-        super().__init__(info, budget_bytes)
-        self._uri = uri
-        self._fh = storage.open_input(uri)
-        try:
-            self._level = _TiffLevel(self._fh)
-        except SlideError as error:
-            self._fh.close()
-            raise SlideError(error.reason, f"{uri}: {error.detail}") from None
-        level = self._level
+    def __init__(self, uri: str, fh: BinaryIO, level: _TiffLevel, budget_bytes: int):
+        """Takes over ``fh`` and ``level`` (parsed once by ``open_region_reader``)."""
+        super().__init__(level.info, budget_bytes)
+        self._uri, self._fh, self._level = uri, fh, level
         if not level.direct and level.segment_bytes() > budget_bytes // 2:
-            self._fh.close()
+            self.close()
             raise SlideError("image_too_large", f"{uri}: one {'tile' if level.tiled else 'strip'} of this "
                                                 f"{level.width}x{level.height} TIFF decodes to "
                                                 f"{level.segment_bytes() / _GIB:.2f} GB, over half the "

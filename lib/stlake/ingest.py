@@ -69,6 +69,7 @@ class IngestReport:
     tasks: dict[str, int]  # stage -> number of Spark tasks
     peak_decoded_bytes: dict[str, int]  # slide -> largest decoded image region held by one task
     seconds: float
+    unit_seconds: dict[str, float] = field(default_factory=dict)  # unit kind -> summed wall time of its units
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -258,10 +259,14 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
     rows = defaultdict(int)
     for data_file in (f for o in landed for r in o.results for f in r.files):
         rows[data_file.table] += data_file.num_records
+    unit_seconds: dict[str, float] = defaultdict(float)
+    for result in results:
+        unit_seconds[result.kind] += result.seconds
     return IngestReport(
         run_id=run_id, landed=sorted(o.slide_id for o in landed),
         rejected={o.slide_id: o.error[1] for o in outcomes if o.error is not None},
         rows=dict(rows), versions=versions,
         tasks={"plan": len(refs), "units": len(results)},
         peak_decoded_bytes={o.slide_id: max([r.peak_decoded_bytes for r in o.results] or [0]) for o in landed},
-        seconds=round(time.time() - started, 2))
+        seconds=round(time.time() - started, 2),
+        unit_seconds={kind: round(total, 3) for kind, total in sorted(unit_seconds.items())})

@@ -6,6 +6,7 @@ A unit is either a region of the image to tile (``TileUnit``) or a part of the e
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -93,7 +94,8 @@ def tile_units(record: SlideRecord, image: imageio.ImageInfo, size: int, options
                            encoding=options.encoding, quality=options.quality)
     if image.random_access:
         groups = tiling.split_spots_into_regions(record.spots.y, size, image.width, image.height,
-                                                 options.memory_budget, options.max_spots_per_task)
+                                                 options.memory_budget, options.max_spots_per_task,
+                                                 x=record.spots.x)
     else:
         groups = [np.arange(len(record.spots))]
     annotation = record.ref.paths.get("annotation")
@@ -110,33 +112,43 @@ def split_tile_unit(unit: TileUnit, image: imageio.ImageInfo) -> list[TileUnit]:
     """Two (or a few) regions of a random-access image in place of one; indices are renumbered later."""
     half = math.ceil(len(unit.spots) / 2)
     groups = tiling.split_spots_into_regions(unit.spots.y, unit.spec.size_px, image.width, image.height,
-                                             unit.budget, half)
+                                             unit.budget, half, x=unit.spots.x)
     return [dataclasses.replace(unit, spots=unit.spots.take(group)) for group in groups if len(group)]
+
+
+def _splittable(plans: list[SlidePlan]) -> list[tuple[int, int, int]]:
+    """(spots, plan index, unit index) of every tile unit of a random-access image big enough to split."""
+    return [(len(unit.spots), p, i) for p, plan in enumerate(plans)
+            if plan.error is None and plan.image is not None and plan.image.random_access
+            for i, unit in enumerate(plan.units)
+            if isinstance(unit, TileUnit) and len(unit.spots) >= 2 * MIN_SPOTS_PER_TILE_TASK]
+
+
+def _renumber_tiles(plan: SlidePlan) -> None:
+    """Tile units numbered 0, 1, ... in order; expression units keep their index."""
+    tiles = itertools.count()
+    plan.units = [dataclasses.replace(u, index=next(tiles)) if isinstance(u, TileUnit) else u for u in plan.units]
 
 
 def fill_cores(plans: list[SlidePlan], cores: int) -> None:
     """Split the largest random-access tile units until there are ``cores`` tile units (or none is big
     enough): tiling is the heavy part, so a run of few large slides still keeps every core busy.
     Changes ``plans`` in place."""
-    def count() -> int:
-        return sum(isinstance(unit, TileUnit) for plan in plans if plan.error is None for unit in plan.units)
-
-    while count() < cores:
-        candidates = [(len(unit.spots), p, i) for p, plan in enumerate(plans)
-                      if plan.error is None and plan.image is not None and plan.image.random_access
-                      for i, unit in enumerate(plan.units)
-                      if isinstance(unit, TileUnit) and len(unit.spots) >= 2 * MIN_SPOTS_PER_TILE_TASK]
+    count = sum(isinstance(unit, TileUnit) for plan in plans if plan.error is None for unit in plan.units)
+    changed: set[int] = set()
+    while count < cores:
+        candidates = _splittable(plans)
         if not candidates:
-            return
+            break
         _, p, i = max(candidates, key=lambda c: c[0])
-        plan = plans[p]
-        pieces = split_tile_unit(plan.units[i], plan.image)
+        pieces = split_tile_unit(plans[p].units[i], plans[p].image)
         if len(pieces) < 2:
-            return
-        plan.units[i:i + 1] = pieces
-        tiles = [u for u in plan.units if isinstance(u, TileUnit)]
-        renumbered = {id(u): dataclasses.replace(u, index=k) for k, u in enumerate(tiles)}
-        plan.units = [renumbered.get(id(u), u) for u in plan.units]
+            break
+        plans[p].units[i:i + 1] = pieces
+        count += len(pieces) - 1
+        changed.add(p)
+    for p in changed:
+        _renumber_tiles(plans[p])
 
 
 def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[ExprUnit], genes.GeneMap]:

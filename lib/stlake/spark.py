@@ -8,6 +8,8 @@ from typing import Optional
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
+from stlake.storage import LOCAL_CREDENTIALS, STORAGE_SETTINGS
+
 LOCAL_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -54,20 +56,16 @@ def has_s3a(spark: SparkSession) -> bool:
     return has_jvm_class(spark, "org.apache.hadoop.fs.s3a.S3AFileSystem")
 
 
-# Storage settings the executors need to reach S3 the way the driver does. Credentials are forwarded
-# only to local executors (same machine, same user); cluster executors use their own AWS chain
-# (instance profile / job role), so keys never travel in task definitions.
-STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                    "AWS_ALLOW_HTTP", "AWS_EC2_METADATA_DISABLED")
-LOCAL_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
-
 def is_local(spark: SparkSession) -> bool:
     return spark.sparkContext.master.startswith("local")
 
 
 def forward_storage_environment(spark: SparkSession) -> None:
-    """Give Python tasks started from now on the driver's current S3 settings (env of the AWS chain)."""
+    """Give Python tasks started from now on the driver's current S3 settings (env of the AWS chain).
+
+    Credentials go only to local executors (same machine, same user); cluster executors use their own
+    AWS chain (instance profile / job role), so keys never travel in task definitions.
+    """
     names = STORAGE_SETTINGS + (LOCAL_CREDENTIALS if is_local(spark) else ())
     environment = spark.sparkContext.environment
     for name in names:

@@ -6,10 +6,13 @@ Nothing here logs or returns secrets except to the libraries that need them.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import os
 import posixpath
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -38,8 +41,45 @@ def basename(uri: str) -> str:
     return posixpath.basename(uri.rstrip("/"))
 
 
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (local path or ``s3://`` URI); a bucket is its own parent."""
+    uri = normalize(uri)
+    if is_s3(uri):
+        bucket_key = uri.split("://", 1)[1]
+        return "s3://" + (posixpath.dirname(bucket_key) or bucket_key)
+    return os.path.dirname(uri)
+
+
+def resolve(base: str, path: str) -> str:
+    """``path`` as an absolute local path or ``s3://`` URI; a relative one is taken from the folder ``base``."""
+    if is_s3(path) or os.path.isabs(path) or path.startswith("~"):
+        return normalize(path)
+    if is_s3(base):
+        return "s3://" + posixpath.normpath(posixpath.join(base.split("://", 1)[1], path))
+    return os.path.normpath(os.path.join(base, path))
+
+
+#: S3 settings of the environment the executors need to reach storage the way the driver does (no secrets).
+STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                    "AWS_ALLOW_HTTP", "AWS_EC2_METADATA_DISABLED")
+#: Credential variables of the standard AWS chain (passed to delta-rs; forwarded only to local executors).
+LOCAL_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+DEFAULT_REGION = "us-east-1"
+
+
+def _endpoint_url() -> str | None:
+    """The S3 endpoint URL: ``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``; None on AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _region() -> str | None:
+    """``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else None."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def _endpoint() -> tuple[str | None, str]:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    """(host[:port] or None, scheme) of the S3 endpoint, for pyarrow."""
+    endpoint = _endpoint_url()
     if not endpoint:
         return None, "https"
     parsed = urlparse(endpoint)
@@ -48,7 +88,7 @@ def _endpoint() -> tuple[str | None, str]:
 
 @lru_cache(maxsize=4)
 def _s3_filesystem(endpoint: str | None, scheme: str, region: str | None, key_id: str | None) -> pafs.S3FileSystem:
-    kwargs: dict = {"scheme": scheme, "region": region or "us-east-1"}
+    kwargs: dict = {"scheme": scheme, "region": region or DEFAULT_REGION}
     if endpoint:
         kwargs["endpoint_override"] = endpoint
     if key_id:
@@ -63,8 +103,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for ``uri`` and the path to use with it."""
     if is_s3(uri):
         endpoint, scheme = _endpoint()
-        fs = _s3_filesystem(endpoint, scheme, os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                            os.environ.get("AWS_ACCESS_KEY_ID"))
+        fs = _s3_filesystem(endpoint, scheme, _region(), os.environ.get("AWS_ACCESS_KEY_ID"))
         return fs, uri.split("://", 1)[1]
     return pafs.LocalFileSystem(), normalize(uri)
 
@@ -90,6 +129,41 @@ def read_bytes(uri: str, start: int = 0, length: int | None = None) -> bytes:
     with open_input(uri) as handle:
         handle.seek(start)
         return handle.read() if length is None else handle.read(length)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(handle: BinaryIO) -> bool:
+    """True when a seekable binary ``handle`` reads gzip data from its position (which is kept)."""
+    position = handle.tell()
+    head = handle.read(len(GZIP_MAGIC))
+    handle.seek(position)
+    return head == GZIP_MAGIC
+
+
+@contextlib.contextmanager
+def open_decompressed(uri: str) -> Iterator[tuple[BinaryIO, bool]]:
+    """``uri`` opened once as a binary stream, gunzipped when its content is gzip; and whether it was."""
+    with open_input(uri) as raw:
+        if not is_gzip(raw):
+            yield raw, False
+            return
+        with gzip.GzipFile(fileobj=raw) as unzipped:
+            yield unzipped, True
+
+
+@contextlib.contextmanager
+def open_text(uri: str) -> Iterator[io.TextIOBase]:
+    """``uri`` as UTF-8 text (BOM dropped, line ends kept), gunzipped when its content is gzip."""
+    with open_decompressed(uri) as (binary, _), io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as text:
+        yield text
+
+
+def read_decompressed(uri: str) -> bytes:
+    """The whole content of ``uri``, gunzipped when it is gzip."""
+    with open_decompressed(uri) as (binary, _):
+        return binary.read()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -132,21 +206,17 @@ def delta_storage_options() -> dict[str, str]:
     """Storage options for delta-rs, taken from the environment (never hard-coded).
 
     On AWS nothing is needed (instance role / profile). With ``AWS_ENDPOINT_URL_S3`` or
-    ``AWS_ENDPOINT_URL`` (an S3-compatible store; the same precedence as the pyarrow filesystem above)
+    ``AWS_ENDPOINT_URL`` (an S3-compatible store; ``_endpoint_url``, as for the pyarrow filesystem)
     the endpoint and, for ``http://``, ``AWS_ALLOW_HTTP`` are passed. Commits use S3 conditional
     writes (``If-None-Match: *``), so no lock table is needed and unsafe rename is never enabled.
     """
-    options: dict[str, str] = {}
-    for name in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        if os.environ.get(name):
-            options[name] = os.environ[name]
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options = {name: os.environ[name] for name in LOCAL_CREDENTIALS if os.environ.get(name)}
+    options["AWS_REGION"] = _region() or DEFAULT_REGION
+    endpoint = _endpoint_url()
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint
-    if "AWS_REGION" not in options:
-        options["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    if endpoint and endpoint.lower().startswith("http://"):
-        options["AWS_ALLOW_HTTP"] = "true"
+        if endpoint.lower().startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
     return options
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stlake import expression, genes, imageio, schemas, tables, tiling
 from stlake.plan import ExprUnit, TileUnit, Unit
@@ -89,36 +90,43 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
                       padded_spots=sum(tile.padded for tile in tiles), peak_decoded_bytes=peak)
 
 
-def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, run_id: str) -> tuple[pa.Table, np.ndarray]:
-    """``expression`` rows of one batch (slide's spots only) and the mask of kept rows."""
-    keep = np.isin(batch.spot_ids.astype(str), unit.spot_ids.astype(str))
-    gene_lists, count_lists = genes.to_global(batch, unit.gene_ids)
-    totals, detected = expression.batch_totals(batch, unit.gene_ids)
+def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, keep: np.ndarray, columns: genes.GlobalColumns,
+                    run_id: str) -> pa.Table:
+    """``expression`` rows of the ``keep`` rows of one batch (the slide's spots)."""
+    gene_lists, count_lists = genes.to_global(batch, columns)
+    totals, n_genes = genes.list_totals(count_lists)
+    n = len(batch)
     rows = pa.table({
-        "slide_id": [unit.slide_id] * len(keep), "spot_id": batch.spot_ids.astype(str),
-        "technology": [unit.technology] * len(keep), "gene_ids": gene_lists, "counts": count_lists,
-        "total_counts": totals.astype(np.int64), "n_genes": detected.astype(np.int32),
-        "run_id": [run_id] * len(keep),
+        "slide_id": [unit.slide_id] * n, "spot_id": batch.spot_ids.astype(str),
+        "technology": [unit.technology] * n, "gene_ids": gene_lists, "counts": count_lists,
+        "total_counts": totals, "n_genes": n_genes, "run_id": [run_id] * n,
     }, schema=schemas.EXPRESSION)
-    return rows.filter(pa.array(keep)), keep
+    return rows.filter(pa.array(keep))
+
+
+def detected_genes(rows: pa.Table) -> np.ndarray:
+    """Distinct global gene ids with a count in ``expression`` rows."""
+    return np.unique(pc.list_flatten(rows.column("gene_ids")).to_numpy()).astype(np.int64)
 
 
 def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
-    """Read one chunk of the matrix as sparse rows against global gene ids; write ``expression`` rows."""
-    parts, spot_ids, unknown, detected = [], [], 0, []
+    """Read one chunk of the matrix as sparse rows against global gene ids; write ``expression`` rows.
+
+    Rows of spots that are not the slide's are dropped and count only as ``unknown_rows``.
+    """
+    columns = genes.GlobalColumns.of(unit.gene_ids)
+    slide_spots = unit.spot_ids.astype(str)
+    parts, spot_ids, unknown = [], [], 0
     for batch in expression.read_chunk(unit.source, unit.plan, unit.chunk):
-        rows, keep = expression_rows(unit, batch, run_id)
-        parts.append(rows)
+        keep = np.isin(batch.spot_ids.astype(str), slide_spots)
+        parts.append(expression_rows(unit, batch, keep, columns, run_id))
         spot_ids.append(batch.spot_ids[keep].astype(str))
         unknown += int((~keep).sum())
-        columns = np.flatnonzero(np.bincount(batch.indices[batch.counts > 0], minlength=len(unit.gene_ids)))
-        detected.append(np.unique(unit.gene_ids[columns]))
     table = pa.concat_tables(parts) if parts else schemas.EXPRESSION.empty_table()
     files = tables.write_data_files(lake, "expression", table, _tag(unit, run_id))
-    all_detected = np.unique(np.concatenate(detected)) if detected else np.zeros(0, np.int64)
     return UnitResult(unit.slide_id, "expression", files, rows=table.num_rows,
                       spot_ids=np.concatenate(spot_ids) if spot_ids else np.zeros(0, dtype=object),
-                      unknown_rows=unknown, detected_gene_ids=all_detected[all_detected >= 0],
+                      unknown_rows=unknown, detected_gene_ids=detected_genes(table),
                       total_counts=int(np.asarray(table.column("total_counts")).sum()) if table.num_rows else 0)
 
 
@@ -129,11 +137,12 @@ def run_unit(unit: Unit, lake: str, run_id: str) -> UnitResult:
     try:
         result = run_tile_unit(unit, lake, run_id) if isinstance(unit, TileUnit) else \
             run_expression_unit(unit, lake, run_id)
-        result.seconds = time.perf_counter() - started
-        return result
     except Exception as error:
         from stlake.records import SlideError
         if isinstance(error, SlideError):
-            return UnitResult(unit.slide_id, kind, error=(error.reason, error.detail))
-        detail = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
-        return UnitResult(unit.slide_id, kind, error=("internal_error", detail))
+            result = UnitResult(unit.slide_id, kind, error=(error.reason, error.detail))
+        else:
+            detail = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
+            result = UnitResult(unit.slide_id, kind, error=("internal_error", detail))
+    result.seconds = time.perf_counter() - started
+    return result

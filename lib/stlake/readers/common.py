@@ -5,11 +5,7 @@ Readers never decode images and never read expression matrices (see :mod:`stlake
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import os
-import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
@@ -57,18 +53,9 @@ def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_u
         raise SlideError(reason, f"{what} unreadable: {path} ({type(error).__name__}: {error})") from error
 
 
-def open_text(path: str) -> io.TextIOBase:
-    """A text stream of ``path``, transparently gunzipped when the content is gzip."""
-    handle = storage.open_input(path)
-    head = handle.read(2)
-    handle.seek(0)
-    raw = gzip.GzipFile(fileobj=handle) if head == b"\x1f\x8b" else handle
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-
-
 def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
     """``pandas.read_csv`` on a local path or URI (gzip content detected)."""
-    with open_text(path) as text:
+    with storage.open_text(path) as text:
         return pd.read_csv(text, **kwargs)
 
 
@@ -82,7 +69,7 @@ def read_json(path: str) -> dict:
 
 def first_line(path: str) -> str:
     """The first line of a text file (gzip content detected), without the line break."""
-    with open_text(path) as text:
+    with storage.open_text(path) as text:
         return text.readline().rstrip("\r\n")
 
 
@@ -160,7 +147,7 @@ def find_fullres_image(folder: str) -> Optional[str]:
     """
     folders = [folder]
     if storage.basename(folder) == "outs":
-        folders.append(parent(folder))
+        folders.append(storage.parent(folder))
     for candidate_folder in folders:
         names = storage.list_dir(candidate_folder)
         if FULLRES_PREFERRED in names:
@@ -180,10 +167,3 @@ def image_or_missing(path: Optional[str], what: str) -> str:
         raise SlideError("image_missing", f"{what} not found: {path}")
     return path
 
-
-def parent(uri: str) -> str:
-    """The folder holding ``uri`` (local path or ``s3://`` URI)."""
-    if storage.is_s3(uri):
-        key = storage.normalize(uri)[len("s3://"):]
-        return "s3://" + (posixpath.dirname(key) or key)
-    return os.path.dirname(storage.normalize(uri))

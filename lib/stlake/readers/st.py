@@ -17,7 +17,7 @@ import pandas as pd
 
 from stlake import storage
 from stlake.readers.common import (ReaderOptions, as_float, check_unique, guarded, image_or_missing, make_spots,
-                                   open_text, preview, read_csv, require_columns)
+                                   preview, read_csv, require_columns)
 from stlake.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 
 DETECTOR_COLUMNS = ("x", "y", "new_x", "new_y", "pixel_x", "pixel_y")
@@ -74,7 +74,7 @@ def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
 def read_spot_names(path: str) -> np.ndarray:
     """The first column of the counts TSV below its header line (quotes stripped)."""
     def parse() -> np.ndarray:
-        with open_text(path) as text:
+        with storage.open_text(path) as text:
             text.readline()  # header: genes
             names = [line.split("\t", 1)[0].strip().strip('"') for line in text if line.strip()]
         return np.array(names, dtype=object)

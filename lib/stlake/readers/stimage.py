@@ -24,6 +24,7 @@ from stlake.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 TECH_FOLDERS = ("ST", "Visium", "VisiumHD")
 META_PATH = ("meta", "meta_all_gene.csv")
 COORD_SUFFIX = "_coord.csv"
+REQUIRED_ROLES = ("image", "coords", "counts")
 #: Physical spot diameter per technology (µm), used to derive microns per pixel from the radius.
 SPOT_DIAMETER_UM = {"ST": 100.0, "Visium": 55.0}
 LABEL_COLUMN = "V2"
@@ -46,6 +47,23 @@ def slide_paths(root: str, tech: str, slide: str) -> dict[str, str]:
     }
 
 
+def resolve_paths(paths: dict[str, str], technology: Optional[str], slide: str) -> dict[str, str]:
+    """Fill missing roles from ``root`` (the release root) and the slide id; given roles win.
+
+    Paths are returned as they are when image, coords and counts are all given (or there is no root).
+    Derived ``annotation`` and ``meta`` are kept only when they exist.
+    """
+    root = paths.get("root")
+    if not root or all(paths.get(role) for role in REQUIRED_ROLES):
+        return dict(paths)
+    tech = technology if technology in TECH_FOLDERS else find_technology(root, slide)
+    derived = slide_paths(root, tech or "Visium", slide)
+    for optional in ("annotation", "meta"):
+        if not storage.exists(derived[optional]):
+            derived.pop(optional)
+    return {**derived, **paths}
+
+
 def find_technology(root: str, slide: str) -> Optional[str]:
     """The technology folder of the release holding ``{slide}_coord.csv``."""
     for tech in TECH_FOLDERS:
@@ -66,12 +84,16 @@ def read_meta_table(path: str) -> dict[str, dict[str, str]]:
 
 
 def apply_meta(ref: SlideRef, row: Optional[dict[str, str]]) -> SlideRef:
-    """``ref`` with species/tissue/meta filled from a meta row; values already on ``ref`` win."""
+    """``ref`` with species/tissue/meta filled from a meta row; values already on ``ref`` win.
+
+    Once a row is applied the ``meta`` role is dropped, so the reader does not read the CSV again.
+    """
     if not row:
         return ref
     meta = {k: v for k, v in row.items() if k not in ("species", "tissue")}
     meta.update(ref.meta)
-    return dataclasses.replace(ref, species=ref.species or row.get("species"),
+    paths = {role: path for role, path in ref.paths.items() if role != "meta"}
+    return dataclasses.replace(ref, paths=paths, species=ref.species or row.get("species"),
                                tissue=ref.tissue or row.get("tissue"), meta=meta)
 
 
@@ -115,11 +137,9 @@ def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]
 
 
 def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
-    """Fill species/tissue/meta from the release's meta CSV when the ref has none yet."""
-    if ref.meta and ref.species and ref.tissue:
-        return ref
-    path = ref.paths.get("meta") or (storage.join(ref.paths["root"], *META_PATH) if ref.paths.get("root") else None)
-    if not path or not storage.exists(path):
+    """Apply the release's meta CSV when discovery has not (it drops the ``meta`` role once applied)."""
+    path = ref.paths.get("meta")
+    if not path or (ref.meta and ref.species and ref.tissue) or not storage.exists(path):
         return ref
     try:
         table = read_meta_table(path)
@@ -131,22 +151,10 @@ def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
     return apply_meta(ref, table.get(ref.slide_id))
 
 
-def _resolve(ref: SlideRef) -> SlideRef:
-    """Fill missing role paths from ``root`` (the release root) and the slide id."""
-    needed = ("image", "coords", "counts")
-    if all(ref.paths.get(role) for role in needed) or not ref.paths.get("root"):
-        return ref
-    tech = ref.technology if ref.technology in TECH_FOLDERS else find_technology(ref.paths["root"], ref.slide_id)
-    derived = slide_paths(ref.paths["root"], tech or "Visium", ref.slide_id)
-    if not storage.exists(derived["annotation"]):
-        derived.pop("annotation")
-    return dataclasses.replace(ref, paths={**derived, **ref.paths})
-
-
 def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     """Read one STimage-1K4M slide: coordinates, radius, labels and metadata (no image, no counts)."""
     options = options or ReaderOptions()
-    ref = _resolve(ref)
+    ref = dataclasses.replace(ref, paths=resolve_paths(ref.paths, ref.technology, ref.slide_id))
     warnings: list[tuple[str, str]] = []
     coords = ref.paths.get("coords")
     if not coords:

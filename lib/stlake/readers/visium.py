@@ -58,19 +58,34 @@ def spatial_files(spatial: str, position_names: tuple[str, ...]) -> dict[str, st
     return found
 
 
+def has_matrix(paths: dict[str, str]) -> bool:
+    """A matrix role (HDF5 file or folder) is given."""
+    return bool(paths.get("matrix_h5") or paths.get("matrix_dir"))
+
+
+def with_fullres_image(paths: dict[str, str]) -> dict[str, str]:
+    """``paths`` with ``image`` found in ``root`` when it is not given (``root`` is listed only then)."""
+    if paths.get("image") or not paths.get("root"):
+        return dict(paths)
+    image = find_fullres_image(paths["root"])
+    return {**paths, "image": image} if image else dict(paths)
+
+
 def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
-    """Fill missing roles (positions, scalefactors, matrix, image, hires_image) from ``root``; given roles win."""
+    """Fill missing roles (positions, scalefactors, hires_image, matrix, image) from ``root``; given roles win.
+
+    A folder is listed only when a role it would give is missing, so resolved paths (e.g. from
+    discovery) come back unchanged without any listing.
+    """
     root = paths.get("root")
     if not root:
         return dict(paths)
-    derived = spatial_files(storage.join(root, "spatial"), POSITION_FILES)
-    if not (paths.get("matrix_h5") or paths.get("matrix_dir")):
+    derived: dict[str, str] = {}
+    if not (paths.get("positions") and paths.get("scalefactors") and (paths.get("image") or paths.get("hires_image"))):
+        derived.update(spatial_files(storage.join(root, "spatial"), POSITION_FILES))
+    if not has_matrix(paths):
         derived.update(find_matrix(root))
-    if not paths.get("image"):
-        image = find_fullres_image(root)
-        if image:
-            derived["image"] = image
-    return {**derived, **paths}
+    return with_fullres_image({**derived, **paths})
 
 
 # ---------------------------------------------------------------- helpers shared with VisiumHD
@@ -93,8 +108,8 @@ def scale_factor(scalefactors: dict, key: str, path: str) -> float:
     return value
 
 
-def choose_image(ref: SlideRef, options: ReaderOptions, hires_candidates: list[Optional[str]],
-                 scalefactors: dict, scalefactors_path: str) -> tuple[str, float, str, list[tuple[str, str]]]:
+def choose_image(ref: SlideRef, options: ReaderOptions, scalefactors: dict,
+                 scalefactors_path: str) -> tuple[str, float, str, list[tuple[str, str]]]:
     """The image to tile: override, given/found full-res image, else the hires PNG with its scale factor.
 
     Returns (image uri, coord_scale, image_source, warnings).
@@ -103,7 +118,7 @@ def choose_image(ref: SlideRef, options: ReaderOptions, hires_candidates: list[O
         return image_or_missing(options.image_override, "image override"), 1.0, "fullres", []
     if ref.paths.get("image"):
         return image_or_missing(ref.paths["image"], "full-resolution image"), 1.0, "fullres", []
-    hires = find_existing([ref.paths.get("hires_image"), *hires_candidates])
+    hires = find_existing([ref.paths.get("hires_image")])
     if not hires:
         where = ref.paths.get("root", ref.slide_id)
         raise SlideError("image_missing", f"no full-resolution image (image.tif, *.tif, *.tiff, *.btf, *.jpg) and no "
@@ -171,7 +186,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     scalefactors_path = ref.paths.get("scalefactors", "")
     factors = read_scalefactors(scalefactors_path)
     diameter = scale_factor(factors, "spot_diameter_fullres", scalefactors_path)
-    image, scale, source, warnings = choose_image(ref, options, [], factors, scalefactors_path)
+    image, scale, source, warnings = choose_image(ref, options, factors, scalefactors_path)
     return SlideRecord(
         ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=SPOT_DIAMETER_UM / diameter / scale,

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stlake import storage
-from stlake.readers.common import ReaderOptions, find_fullres_image, guarded
-from stlake.readers.visium import (HIRES_IMAGE, POSITION_COLUMNS, choose_image, expression_source,
-                                   find_matrix, read_positions_csv, read_scalefactors, scale_factor, scaled,
-                                   spatial_files, spots_from_columns)
+from stlake.readers.common import ReaderOptions, guarded
+from stlake.readers.visium import (HIRES_IMAGE, POSITION_COLUMNS, choose_image, expression_source, find_matrix,
+                                   has_matrix, read_positions_csv, read_scalefactors, scale_factor, scaled,
+                                   spatial_files, spots_from_columns, with_fullres_image)
 from stlake.records import SlideError, SlideRecord, SlideRef
 
 BINNED = "binned_outputs"
@@ -34,24 +34,36 @@ def available_bins(root: str) -> list[str]:
     return [n for n in storage.list_dir(storage.join(root, BINNED)) if n.startswith("square_")]
 
 
-def resolve_paths(paths: dict[str, str], bin_size_um: int = 8) -> dict[str, str]:
-    """Fill missing roles (bin_dir, positions, scalefactors, matrix, image, hires_image); given roles win."""
+def resolve_paths(paths: dict[str, str], bin_size_um: Optional[int] = None) -> dict[str, str]:
+    """Fill missing roles from ``root``; given roles win.
+
+    Without ``bin_size_um`` (discovery: the bin size is a reader option) only the full-res ``image`` is
+    looked for; with it also bin_dir, positions, scalefactors, matrix and hires_image. A folder is
+    listed only when a role it would give is missing.
+    """
+    paths = with_fullres_image(paths)
+    if bin_size_um is None:
+        return paths
+    return {**_bin_paths(paths, bin_size_um), **paths}
+
+
+def _bin_paths(paths: dict[str, str], bin_size_um: int) -> dict[str, str]:
+    """bin_dir, positions, scalefactors, matrix and hires_image of one bin size; nothing when all are given."""
+    has_image = bool(paths.get("image") or paths.get("hires_image"))
+    if has_image and has_matrix(paths) and all(paths.get(role) for role in ("bin_dir", "positions", "scalefactors")):
+        return {}
     root = paths.get("root")
     derived: dict[str, str] = {}
     bin_dir = paths.get("bin_dir") or (storage.join(root, BINNED, bin_folder_name(bin_size_um)) if root else None)
     if bin_dir:
         derived["bin_dir"] = bin_dir
         derived.update(spatial_files(storage.join(bin_dir, "spatial"), BIN_POSITION_FILES))
-        if not (paths.get("matrix_h5") or paths.get("matrix_dir")):
+        if not has_matrix(paths):
             derived.update(find_matrix(bin_dir))
-    if root:
-        if "hires_image" not in derived and storage.exists(storage.join(root, "spatial", HIRES_IMAGE)):
-            derived["hires_image"] = storage.join(root, "spatial", HIRES_IMAGE)
-        if not paths.get("image"):
-            image = find_fullres_image(root)
-            if image:
-                derived["image"] = image
-    return {**derived, **paths}
+    hires = storage.join(root, "spatial", HIRES_IMAGE) if root else None
+    if hires and not paths.get("hires_image") and "hires_image" not in derived and storage.exists(hires):
+        derived["hires_image"] = hires
+    return derived
 
 
 def read_positions_parquet(path: str) -> pa.Table:
@@ -102,8 +114,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     else:
         mpp = scale_factor(factors, "microns_per_pixel", scalefactors_path)
         diameter = bin_um / mpp
-    hires_candidates = [storage.join(ref.paths["root"], "spatial", HIRES_IMAGE)] if ref.paths.get("root") else []
-    image, scale, source, warnings = choose_image(ref, options, hires_candidates, factors, scalefactors_path)
+    image, scale, source, warnings = choose_image(ref, options, factors, scalefactors_path)
     return SlideRecord(
         ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=mpp / scale,
