@@ -115,6 +115,7 @@ def prepare(data: str, size: str) -> dict:
     import numpy as np
 
     from stlake.synth import generate, load_truth, truth_path
+    from stlake.synth.formats import write_dense
 
     root = Path(data) / size
     info_path = root / "bench_ingest.json"
@@ -137,14 +138,7 @@ def prepare(data: str, size: str) -> dict:
     release.mkdir(exist_ok=True)
     # dense count CSV, release format: header "" + gene columns; rows "barcode,c1,c2,..." (all genes)
     csv_path = release / f"{SLIDE}_count.csv"
-    counts = truth.counts[keep].tocsr()
-    words = np.array([str(v) for v in range(int(counts.max()) + 1 if counts.nnz else 1)], dtype=object)
-    with open(csv_path, "w", encoding="utf-8", newline="") as out:
-        out.write(",".join(["", *truth.gene_names]) + "\n")
-        for start in range(0, counts.shape[0], 256):
-            block = counts[start:start + 256].toarray()
-            names = np.asarray(truth.spot_id)[keep][start:start + 256]
-            out.write("".join(f"{name}," + ",".join(words[row]) + "\n" for name, row in zip(names, block)))
+    write_dense(str(csv_path), list(np.asarray(truth.spot_id)[keep]), truth.gene_names, truth.counts[keep].tocsr())
     # the slide image as one PNG (the release ships whole-slide PNGs)
     import cv2
 

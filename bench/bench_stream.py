@@ -37,13 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from stlake import schemas, tables  # noqa: E402
 from stlake.stream import StreamSpec, make_loader  # noqa: E402
+from stlake.stream.reader import default_decode_threads  # noqa: E402
 
 BATCH, SIZE, PANEL, TILE = 256, 224, 256, 138
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------- data (both layouts from the same spots)
@@ -185,7 +182,7 @@ def time_baseline(data: dict, workers: int, epochs: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    n_cores = cores()
+    n_cores = default_decode_threads()  # all cores of this process (no torchrun here)
     workdir = Path(tempfile.mkdtemp(prefix="stlake-bench-", dir=args.workdir))
     try:
         t0 = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -13,8 +14,8 @@ from stlake.stream import StreamSpec, make_loader, resolve_panel
 from stlake.testing import lake as tl
 
 N_GENES = 40
-SLIDES = [tl.FakeSlide("p0", 0, "Visium", n_spots=30), tl.FakeSlide("p1", 1, "ST", tissue="liver", n_spots=30),
-          tl.FakeSlide("p2", 2, "Visium", species="mouse", n_spots=30)]
+SLIDES = [tl.FakeSlide("p0", 0, "Visium", base_spots=30), tl.FakeSlide("p1", 1, "ST", tissue="liver", base_spots=30),
+          tl.FakeSlide("p2", 2, "Visium", species="mouse", base_spots=30)]
 PLANTED = 17  # gene index with a planted bimodal expression in every slide
 
 
@@ -25,7 +26,7 @@ def planted_counts(n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("lake"))
-    extra = {s.slide_id: {PLANTED: planted_counts(tl.n_spots(s))} for s in SLIDES}
+    extra = {s.slide_id: {PLANTED: planted_counts(s.n_spots)} for s in SLIDES}
     tl.write_sources(lake, SLIDES, N_GENES, extra_counts=extra)
     return lake
 
@@ -41,7 +42,7 @@ def test_build_pairs_joins_spots_expression_slides_and_reruns_without_duplicates
     assert rows.schema.equals(schemas.PAIRS)
     sources = {s.slide_id: tl.source_tables(s, N_GENES, extra_counts={PLANTED: planted_counts(s.n_spots)})
                for s in SLIDES}
-    assert rows.num_rows == sum(tl.n_spots(s) for s in SLIDES) == len(set(pair_keys(lake)))
+    assert rows.num_rows == sum(s.n_spots for s in SLIDES) == len(set(pair_keys(lake)))
     by_slide = {s.slide_id: s for s in SLIDES}
     for row in rows.slice(0, rows.num_rows).to_pylist()[::7]:
         slide = by_slide[row["slide_id"]]
@@ -59,7 +60,7 @@ def test_build_pairs_joins_spots_expression_slides_and_reruns_without_duplicates
     assert build_pairs(spark, lake, run_id="b2") == version + 1  # full rebuild: same rows, no duplicates
     assert len(pair_keys(lake)) == len(set(pair_keys(lake))) == rows.num_rows
 
-    again = tl.FakeSlide("p1", 1, "ST", tissue="liver", n_spots=30, variant=2)  # re-ingested: 32 spots
+    again = tl.FakeSlide("p1", 1, "ST", tissue="liver", base_spots=30, variant=2)  # re-ingested: 32 spots
     tl.write_sources(lake, [again], N_GENES, run_id="r2", extra_counts={"p1": {PLANTED: planted_counts(32)}})
     build_pairs(spark, lake, run_id="b3", slide_ids=["p1"])
     keys = pair_keys(lake)
@@ -105,6 +106,23 @@ def test_compute_hvg_ranks_the_planted_gene_first_and_replaces_the_panel(spark, 
     with make_loader(StreamSpec(lake=lake, panel_name="hvg5", species=["human"], batch_size=16)) as loader:
         batch = next(iter(loader))
     assert batch["expression"].shape == (16, 5) and set(batch["slide_id"]) <= {"p0", "p1"}
+
+
+def test_panel_rows_keep_a_missing_species_null():
+    ranked = pd.DataFrame({"species": ["human", None], "gene_id": [1, 2], "rank": [1, 1], "score": [2.0, 1.0]})
+    genes = schemas.GENES.empty_table()
+    assert panel_mod.panel_rows("p", ranked, genes).column("species").to_pylist() == ["human", None]
+
+
+def test_writer_starts_a_file_at_every_slide_change(tmp_path):
+    """Rows sorted by slide within a partition: one file per run of a slide, however batches cut them."""
+    from stlake.sparkwrite import _writer, slide_runs
+    rows = pa.concat_tables([tl.pairs_rows(tl.FakeSlide(sid, i, base_spots=4), N_GENES)
+                             for i, sid in enumerate(["s0", "s1", "s2"])]).combine_chunks()  # 4 + 4 + 4 rows
+    batches = rows.to_batches(max_chunksize=6)  # s0 s0 s0 s0 s1 s1 | s1 s1 s2 s2 s2 s2
+    assert [(sid, run.num_rows) for sid, run in slide_runs(batches[0])] == [("s0", 4), ("s1", 2)]
+    files = next(_writer(str(tmp_path), "pairs", "w")(iter(batches))).to_pylist()
+    assert [(f["slide_id"], f["num_records"]) for f in files] == [("s0", 4), ("s1", 4), ("s2", 4)]
 
 
 def test_rank_hvg_prefers_dispersion_within_mean_bins():

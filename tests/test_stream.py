@@ -21,7 +21,7 @@ from stlake.stream.transforms import densify, flatten_lists, jittered_planes
 N_GENES = 30
 SLIDES = [tl.FakeSlide("a0", 0, "Visium"), tl.FakeSlide("a1", 1, "ST"),
           tl.FakeSlide("a2", 2, "Visium", tissue="liver"), tl.FakeSlide("m3", 3, "VisiumHD", species="mouse"),
-          tl.FakeSlide("a4", 4, "ST", n_spots=9)]
+          tl.FakeSlide("a4", 4, "ST", base_spots=9)]
 REINGESTED = tl.FakeSlide("a1", 1, "ST", variant=1)  # 13 spots, other counts, other colours
 CURRENT = [REINGESTED if s.slide_id == "a1" else s for s in SLIDES]
 
@@ -42,7 +42,7 @@ def lake(tmp_path_factory) -> str:
 
 def spots(slides=CURRENT):
     """{(slide_id, spot_id): (slide, j)} of the given slides."""
-    return {(s.slide_id, f"{s.slide_id}-s{j:04d}"): (s, j) for s in slides for j in range(tl.n_spots(s))}
+    return {(s.slide_id, f"{s.slide_id}-s{j:04d}"): (s, j) for s in slides for j in range(s.n_spots)}
 
 
 def stream(lake: str, **options) -> list[dict]:
@@ -77,7 +77,7 @@ def test_reader_reads_exactly_the_snapshot_after_a_slide_was_reingested(lake):
         got = keys(stream(lake, shuffle=shuffle))
         assert len(got) == len(set(got))  # no duplicates
         assert set(got) == set(spots())  # none missing, none from the removed file
-    assert Counter(s for s, _ in got)["a1"] == tl.n_spots(REINGESTED) == 13
+    assert Counter(s for s, _ in got)["a1"] == REINGESTED.n_spots == 13
     pinned = keys(stream(lake, version=0))  # the snapshot before the re-ingest
     assert set(pinned) == set(spots(SLIDES)) and Counter(s for s, _ in pinned)["a1"] == 12
 
@@ -115,6 +115,7 @@ def test_float_images_and_imagenet_normalisation(lake):
     ({"technologies": ["ST"]}, lambda s, j: s.technology == "ST"),
     ({"slide_ids": ["a0", "m3"]}, lambda s, j: s.slide_id in ("a0", "m3")),
     ({"species": ["mouse"]}, lambda s, j: s.species == "mouse"),
+    ({"species": ["Mus musculus"]}, lambda s, j: s.species == "mouse"),  # normalised like the lake's species
     ({"tissues": ["liver"]}, lambda s, j: s.tissue == "liver"),
     ({"labels": ["tumor"]}, lambda s, j: tl.spot_label(s, j) == "tumor"),
     ({"labels": ["stroma", None]}, lambda s, j: tl.spot_label(s, j) in ("stroma", None)),
@@ -156,6 +157,15 @@ def test_explicit_panel_of_symbols_and_ids_densifies_only_those_genes(lake):
             want = expected_dense(slide, j, mouse_columns if slide.species == "mouse" else columns)
             assert np.array_equal(row, want.astype(np.float32))
     assert all((b["expression"][:, 2] == 0).all() for b in batches)  # missing gene -> zeros
+
+
+def test_species_are_normalised_for_rows_and_genes_alike(lake):
+    assert StreamSpec(lake=lake, species="Homo sapiens").species == ["human"]
+    assert StreamSpec(lake=lake, species=["MOUSE", "Mus_musculus"]).species == ["mouse", "mouse"]
+    panel = resolve_panel(lake, StreamSpec(lake=lake, panel=["GENE004"], species=["Homo sapiens"]))
+    assert panel.lookup_ids.tolist() == [tl.gene_ids("human", N_GENES)[4]]  # the human gene only
+    stored = resolve_panel(lake, StreamSpec(lake=lake, panel_name="mini", species=["Homo sapiens"]))
+    assert stored.symbols == ["GENE006", "GENE002", "GENE009"]
 
 
 def test_stored_panel_by_name(lake):
@@ -301,15 +311,3 @@ def test_stream_command_prints_shapes_and_throughput(lake, capsys):
                  "--image-size", "16", "--normalize", "normalize_total_log1p", "--technology", "ST"]) == 0
     out = capsys.readouterr().out
     assert "image (8, 3, 16, 16) torch.uint8" in out and "expression (8, 2)" in out and "samples/s" in out
-
-
-def test_legacy_filesystem_adapter_walks_like_os_walk(tmp_path):
-    import pyarrow.fs as pafs
-
-    from stlake.stream.fs import ArrowLegacyFileSystem
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "x.parquet").write_bytes(b"x")
-    (tmp_path / "a" / "b" / "y.parquet").write_bytes(b"y")
-    walked = list(ArrowLegacyFileSystem(pafs.LocalFileSystem(), False).walk(str(tmp_path)))
-    expected = [(d, sorted(ds), sorted(fs)) for d, ds, fs in os.walk(tmp_path)]
-    assert sorted(walked) == sorted(expected)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,23 @@ def test_checkpoint_save_and_resume(tmp_path, data):
     assert again == []  # already at the target step
 
 
+def test_train_continues_from_a_state_already_read(tmp_path, data, monkeypatch):
+    """``resumed``: the loop restores a checkpoint read once by the caller and never reads the file again."""
+    from stlake.train.loop import resume_state
+    cfg = OptimizerConfig(lr=1e-3)
+    model = build_model(N_GENES, small_width=8, embed_dim=16, gene_hidden=(32,))
+    train(model, data["train"], steps=2, optimizer_cfg=cfg, checkpoint_dir=str(tmp_path), log=None)
+    assert resume_state(str(tmp_path), resume=False) is None and resume_state(None) is None
+    state = resume_state(str(tmp_path))
+    assert state["step"] == 2
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    fresh = build_model(N_GENES, small_width=8, embed_dim=16, gene_hidden=(32,))
+    history = train(fresh, data["train"], steps=4, optimizer_cfg=cfg, checkpoint_dir=str(tmp_path), resume=True,
+                    resumed=state, log=None)
+    assert [r["step"] for r in history] == [3, 4] and loads == []
+
+
 def test_bf16_autocast_path_runs(data):
     """The CUDA path's bf16 autocast, exercised on CPU: finite float32 loss, float32 weights."""
     torch.manual_seed(0)
@@ -315,7 +333,6 @@ class FakeSpec:
 def fake_stream(specs: list) -> object:
     """A stand-in for ``stlake.stream``: batches of the synthetic pairs, per slide, honouring the spec."""
     import contextlib
-    import types
 
     def make_loader(spec):
         specs.append(spec)
@@ -329,16 +346,27 @@ def fake_stream(specs: list) -> object:
                     images = torch.nn.functional.interpolate(images, size=spec.image_size)
                     yield from as_batches(images, expr, slide, spec.batch_size)
                 epoch += 1
-        return contextlib.nullcontext(batches())
+        return contextlib.nullcontext(FakeLoader(batches))
 
-    return types.SimpleNamespace(StreamSpec=FakeSpec, make_loader=make_loader,
-                                 resolve_panel=lambda lake, spec: [f"G{i}" for i in range(N_GENES)])
+    return types.SimpleNamespace(StreamSpec=FakeSpec, make_loader=make_loader)
+
+
+class FakeLoader:
+    """Like ``StreamLoader``: every ``iter()`` streams again; ``panel`` names the expression columns."""
+
+    panel = types.SimpleNamespace(n_genes=N_GENES, symbols=[f"G{i}" for i in range(N_GENES)])
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return self.batches()
 
 
 def test_job_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     specs: list = []
     monkeypatch.setitem(sys.modules, "stlake.stream", fake_stream(specs))
-    monkeypatch.setattr(job, "list_slides", lambda lake: ["a", "b", "c", "d"])
+    monkeypatch.setattr(job, "pinned_snapshot", lambda lake, table: (None, ["a", "b", "c", "d"]))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     ckpt = tmp_path / "ckpt"
@@ -353,10 +381,25 @@ def test_job_trains_evaluates_and_resumes(tmp_path, monkeypatch):
     assert {"recall@1", "recall@5", "recall@10", "pearson_mean"} <= set(metrics)
     assert set(metrics["pearson_per_gene"]) == {f"G{i}" for i in range(N_GENES)} and metrics["n_holdout"] == 64
 
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     resumed = run_job(argv[:3] + ["6"] + argv[4:] + ["--resume", "--no-eval"])
+    monkeypatch.setattr(torch, "load", real_load)
     assert [row["step"] for row in resumed["history"]] == [5, 6] and "eval" not in resumed
+    assert len(loads) == 1  # the checkpoint is read once (its step reseeds the stream, its state the loop)
     assert job.main(argv[:3] + ["7"] + argv[4:] + ["--resume", "--no-eval"]) == 0  # the exit code
     assert load_checkpoint(checkpoint_path(str(ckpt)))["step"] == 7
+
+
+def test_pinned_snapshot_lists_the_slides_of_the_streamed_version(tmp_path):
+    """Slides come from the very snapshot every rank streams (``pairs`` at the pinned version)."""
+    from stlake.testing import lake as tl
+    lake = str(tmp_path / "lake")
+    with pytest.raises(FileNotFoundError, match="stlake pairs"):
+        job.pinned_snapshot(lake, "pairs")
+    tl.write_pairs(lake, [tl.FakeSlide("s1", 1), tl.FakeSlide("s0", 0)], run_id="r1")
+    version = tl.write_pairs(lake, [tl.FakeSlide("s2", 2)], run_id="r2")
+    assert job.pinned_snapshot(lake, "pairs") == (version, ["s0", "s1", "s2"])  # no `slides` table needed
 
 
 def test_train_command_and_job_script_help():

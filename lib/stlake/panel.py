@@ -24,15 +24,15 @@ import pandas as pd
 import pyarrow as pa
 
 from stlake import schemas, tables
+from stlake.stream.spec import DEFAULT_TARGET_SUM
 
-HVG_TARGET_SUM = 1e4
 MAX_BINS = 20
 MIN_GENES_PER_BIN = 10
 
 
 # ---------------------------------------------------------------- statistics (Spark)
 
-def gene_stats(spark, lake: str, target_sum: float = HVG_TARGET_SUM) -> pd.DataFrame:
+def gene_stats(spark, lake: str, target_sum: float = DEFAULT_TARGET_SUM) -> pd.DataFrame:
     """Per (species, gene_id): ``n`` spots of the species, ``n_nonzero``, ``s1``, ``s2`` of log1p(CP-target)."""
     from pyspark.sql import functions as F
 
@@ -103,6 +103,11 @@ def rank_hvg(stats: pd.DataFrame, k: int, min_spots: int = 3) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the gene_panels table
 
+def _species_values(species: pd.Series) -> list[Optional[str]]:
+    """Species as strings, a missing species kept null (``astype(str)`` would store ``"None"``)."""
+    return [None if pd.isna(value) else str(value) for value in species]
+
+
 def panel_rows(name: str, ranked: pd.DataFrame, genes: pa.Table) -> pa.Table:
     """``gene_panels`` rows of a ranked frame, symbols looked up in the ``genes`` table."""
     symbols = dict(zip(genes.column("gene_id").to_pylist(), genes.column("symbol").to_pylist()))
@@ -110,7 +115,7 @@ def panel_rows(name: str, ranked: pd.DataFrame, genes: pa.Table) -> pa.Table:
         "panel": [name] * len(ranked),
         "rank": pa.array(ranked["rank"].to_numpy(np.int32), pa.int32()),
         "gene_id": pa.array(ranked["gene_id"].to_numpy(np.int64), pa.int64()),
-        "species": ranked["species"].astype(str).tolist(),
+        "species": _species_values(ranked["species"]),
         "symbol": [symbols.get(int(g)) for g in ranked["gene_id"]],
         "score": pa.array(ranked["score"].to_numpy(np.float64), pa.float64()),
     }, schema=schemas.GENE_PANELS)
@@ -143,7 +148,7 @@ def panel_names(lake: str) -> list[str]:
     return sorted(set(rows.column("panel").to_pylist()))
 
 
-def compute_hvg(spark, lake: str, k: int = 256, name: Optional[str] = None, target_sum: float = HVG_TARGET_SUM,
+def compute_hvg(spark, lake: str, k: int = 256, name: Optional[str] = None, target_sum: float = DEFAULT_TARGET_SUM,
                 min_spots: int = 3, run_id: Optional[str] = None) -> pa.Table:
     """Spark job: the top-``k`` highly variable genes per species, stored as panel ``name`` (``hvg{k}``)."""
     name = name or f"hvg{k}"

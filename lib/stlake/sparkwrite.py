@@ -3,16 +3,22 @@
 Each Spark task turns its partition's Arrow batches into Parquet files in the table folder
 (``mapInArrow``) and returns one small row per file; the driver commits them in one delta-rs
 transaction (``tables.commit``), replacing the rows of the given slides.
+
+Every file of a table with a ``slide_id`` column holds one slide: the frame is repartitioned by
+``slide_id`` and sorted within partitions, and the writer starts a new file whenever ``slide_id``
+changes (a hash partition may hold several slides).
 """
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
 from stlake import schemas, tables
 
+SLIDE_COLUMN = "slide_id"
 FILE_ROW = pa.schema([("table", pa.string()), ("path", pa.string()), ("size", pa.int64()),
                       ("num_records", pa.int64()), ("stats", pa.string()), ("modification_time", pa.int64()),
                       ("slide_id", pa.string())])
@@ -22,20 +28,40 @@ def _file_rows(files: list[tables.DataFile]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([f.__dict__ for f in files], schema=FILE_ROW)
 
 
+def slide_runs(batch: pa.RecordBatch) -> Iterator[tuple[Optional[str], pa.RecordBatch]]:
+    """(slide_id, rows) of each run of consecutive rows with one slide_id (the whole batch without the column)."""
+    if SLIDE_COLUMN not in batch.schema.names or batch.num_rows == 0:
+        yield None, batch
+        return
+    values = batch.column(SLIDE_COLUMN).to_numpy(zero_copy_only=False)
+    bounds = [0, *(np.flatnonzero(values[1:] != values[:-1]) + 1).tolist(), batch.num_rows]
+    for start, stop in zip(bounds, bounds[1:]):
+        yield values[start], batch.slice(start, stop - start)
+
+
 def _writer(lake: str, table_name: str, run_id: str):
     schema = schemas.TABLES[table_name]
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
         part = TaskContext.get().partitionId() if TaskContext.get() else 0
-        buffered, files = [], []
+        buffered, files, current, size = [], [], None, 0
+
+        def flush() -> None:
+            nonlocal buffered, size
+            files.extend(_flush(lake, table_name, schema, buffered, f"{run_id}-p{part:05d}-{len(files):03d}"))
+            buffered, size = [], 0
+
         for batch in batches:
-            buffered.append(batch)
-            if sum(b.nbytes for b in buffered) >= schemas.FILE_BYTES:
-                files += _flush(lake, table_name, schema, buffered, f"{run_id}-p{part:05d}-{len(files):03d}")
-                buffered = []
+            for slide, rows in slide_runs(batch):
+                if buffered and slide != current:  # a new slide: a new file
+                    flush()
+                buffered.append(rows)
+                current, size = slide, size + rows.nbytes
+                if size >= schemas.FILE_BYTES:
+                    flush()
         if buffered:
-            files += _flush(lake, table_name, schema, buffered, f"{run_id}-p{part:05d}-{len(files):03d}")
+            flush()
         yield _file_rows(files)
 
     return write_partition
@@ -46,18 +72,26 @@ def _flush(lake: str, table_name: str, schema: pa.Schema, batches: list[pa.Recor
     return tables.write_data_files(lake, table_name, table, tag) if table.num_rows else []
 
 
+def by_slide(frame: DataFrame, table_name: str) -> DataFrame:
+    """``frame`` repartitioned by slide and sorted within partitions, so each slide's rows are consecutive."""
+    if SLIDE_COLUMN not in schemas.TABLES[table_name].names:
+        return frame
+    return frame.repartition(SLIDE_COLUMN).sortWithinPartitions(SLIDE_COLUMN)
+
+
 def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
                     replace_slides: Optional[Iterable[str]] = None, replace_all: bool = False) -> int:
     """Write ``frame`` (columns of the table's schema) as the table's new rows; returns the new version.
 
-    Partition the frame by slide (e.g. ``repartition("slide_id")``) beforehand so files hold one
-    slide each. ``replace_all`` drops every current row of the table in the same commit.
+    Files hold one slide each (see the module docstring). ``replace_all`` drops every current row of
+    the table in the same commit.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from stlake.spark import forward_storage_environment
     forward_storage_environment(frame.sparkSession)
-    rows = frame.mapInArrow(_writer(lake, table_name, run_id), from_arrow_schema(FILE_ROW)).collect()
+    rows = by_slide(frame, table_name).mapInArrow(_writer(lake, table_name, run_id),
+                                                  from_arrow_schema(FILE_ROW)).collect()
     files = [tables.DataFile(**row.asDict()) for row in rows]
     return tables.commit(lake, table_name, files, replace_slides or (), run_id, operation=f"write {table_name}",
                          replace_all=replace_all)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Optional
+
+from stlake.stream.spec import DEFAULT_PANEL, IMAGE_DTYPES, NORMALIZE_MODES, StreamSpec
 
 
 def _list(text: str) -> list[str]:
@@ -12,35 +13,38 @@ def _list(text: str) -> list[str]:
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """Every :class:`~stlake.stream.StreamSpec` option as a flag (lists: repeat or comma-separate)."""
+    default = StreamSpec.defaults()
     parser.add_argument("--lake", default="./lake")
-    parser.add_argument("--table", default="pairs")
+    parser.add_argument("--table", default=default["table"])
     parser.add_argument("--version", type=int, help="Delta version to read (default: latest)")
     for flag, dest in (("--technology", "technologies"), ("--species", "species"), ("--tissue", "tissues"),
                        ("--label", "labels"), ("--slide", "slide_ids")):
         parser.add_argument(flag, dest=dest, action="append", type=_list, help="filter (repeatable, a,b,c)")
     parser.add_argument("--min-tissue-fraction", type=float)
     parser.add_argument("--panel", type=_list, help="explicit panel: gene ids / symbols, comma-separated")
-    parser.add_argument("--panel-name", help="stored panel, e.g. hvg256 (default when no --panel)")
-    parser.add_argument("--normalize", choices=("none", "log1p", "normalize_total_log1p"), default="none")
-    parser.add_argument("--target-sum", type=float, default=1e4, help="0 = median of total counts (scanpy)")
+    parser.add_argument("--panel-name", help=f"stored panel, e.g. {DEFAULT_PANEL} (default when no --panel)")
+    parser.add_argument("--normalize", choices=NORMALIZE_MODES, default=default["normalize"])
+    parser.add_argument("--target-sum", type=float, default=default["target_sum"],
+                        help="0 = median of total counts (scanpy)")
     parser.add_argument("--image-size", type=int)
-    parser.add_argument("--image-dtype", choices=("uint8", "float32"), default="uint8")
+    parser.add_argument("--image-dtype", choices=IMAGE_DTYPES, default=default["image_dtype"])
     parser.add_argument("--image-normalize", action="store_true", help="ImageNet mean/std (float32)")
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--no-shuffle", dest="shuffle", action="store_false")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=default["seed"])
     parser.add_argument("--cur-shard", type=int)
     parser.add_argument("--shard-count", type=int)
-    parser.add_argument("--epochs", dest="num_epochs", type=int, default=1, help="0 = forever")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", dest="num_epochs", type=int, default=default["num_epochs"], help="0 = forever")
+    parser.add_argument("--batch-size", type=int, default=default["batch_size"])
     parser.add_argument("--drop-last", action="store_true")
-    parser.add_argument("--shuffle-buffer", type=int, default=8192)
-    parser.add_argument("--workers", dest="workers_count", type=int, default=1, help="Petastorm reader threads")
+    parser.add_argument("--shuffle-buffer", type=int, default=default["shuffle_buffer"])
+    parser.add_argument("--workers", dest="workers_count", type=int, default=default["workers_count"],
+                        help="Petastorm reader threads")
     parser.add_argument("--decode-threads", type=int)
 
 
-def spec_from_args(args: argparse.Namespace):
-    from stlake.stream.spec import StreamSpec
+def spec_from_args(args: argparse.Namespace) -> StreamSpec:
+    """The :class:`StreamSpec` of parsed ``stream`` flags."""
     values = {name: getattr(args, name) for name in StreamSpec.field_names() if hasattr(args, name)}
     for name in ("technologies", "species", "tissues", "labels", "slide_ids"):
         if values.get(name) is not None:
@@ -112,10 +116,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     hvg.add_argument("--min-spots", type=int, default=3)
     hvg.add_argument("--master")
     hvg.set_defaults(run=cmd_hvg)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="stlake-stream")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.run(args)

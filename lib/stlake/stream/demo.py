@@ -1,7 +1,6 @@
 """What ``make demo`` streams: build ``pairs`` and ``hvg256`` when missing, then show one batch."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 from stlake import tables
@@ -48,13 +47,3 @@ def show_batch(lake: str, batch_size: int = 8, image_size: Optional[int] = 224, 
     print(f"row 0: slide {batch['slide_id'][0]}, spot {batch['spot_id'][0]}, label {batch['label'][0]}")
     print("top-5 panel genes: " + ", ".join(f"{symbols[i]}={row[i]:.2f}" for i in top))
     return batch
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lake", default="./lake")
-    show_batch(parser.parse_args().lake)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,7 +21,11 @@ from stlake import storage
 
 
 class ArrowLegacyFileSystem(legacyfs.FileSystem):
-    """A ``pyarrow.filesystem.FileSystem`` (legacy API) over a ``pyarrow.fs.FileSystem``."""
+    """A ``pyarrow.filesystem.FileSystem`` (legacy API) over a ``pyarrow.fs.FileSystem``.
+
+    Only what a list of files needs (open, isfile, isdir, exists): Petastorm lists folders (``ls``,
+    ``walk``) only when given a directory, and stlake always gives it the snapshot's files.
+    """
 
     def __init__(self, fs: pafs.FileSystem, strip_root: bool, known_files: Optional[set[str]] = None):
         self.fs = fs
@@ -46,26 +50,6 @@ class ArrowLegacyFileSystem(legacyfs.FileSystem):
 
     def exists(self, path: str) -> bool:
         return path in self.known_files or self.fs.get_file_info(self._path(path)).type != pafs.FileType.NotFound
-
-    def ls(self, path: str) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path(path)))
-        return sorted(("/" + i.path) if self.strip_root else i.path for i in infos)
-
-    def walk(self, path: str):
-        """``os.walk``-style listing (Petastorm only walks when given a directory; stlake gives files)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path(path), recursive=True))
-        prefix = "/" if self.strip_root else ""
-        folders: dict[str, tuple[list[str], list[str]]] = {path.rstrip("/") or "/": ([], [])}
-        for info in infos:
-            parent, name = (prefix + info.path).rsplit("/", 1)
-            entry = folders.setdefault(parent or "/", ([], []))
-            if info.type == pafs.FileType.Directory:
-                entry[0].append(name)
-                folders.setdefault(prefix + info.path, ([], []))
-            else:
-                entry[1].append(name)
-        for folder in sorted(folders):
-            yield folder, sorted(folders[folder][0]), sorted(folders[folder][1])
 
     @property
     def pathsep(self) -> str:

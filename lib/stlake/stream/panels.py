@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from stlake import tables
+from stlake.genes import UNKNOWN_SPECIES, gene_key
 from stlake.stream.spec import DEFAULT_PANEL, StreamSpec
 
 
@@ -56,9 +57,9 @@ def _genes(lake: str, species: Optional[Sequence[str]]) -> pa.Table:
     return genes.sort_by([("species", "ascending"), ("gene_id", "ascending")])
 
 
-def _name(item) -> str:
-    key = str(item).strip().upper()
-    return key.split(".")[0] if key.startswith("ENS") else key
+def _key(item: object, species: str = UNKNOWN_SPECIES) -> str:
+    """The gene key of a name, as ingest keys genes (unversioned Ensembl id, else the upper-cased symbol)."""
+    return gene_key(str(item), species)[0]
 
 
 def _index(genes: pa.Table) -> tuple[dict, dict]:
@@ -68,11 +69,11 @@ def _index(genes: pa.Table) -> tuple[dict, dict]:
     symbols: dict[int, str] = {}
     for gid, species, key, symbol, _ in zip(*columns):
         symbols[gid] = symbol or key
-        by_name.setdefault(_name(key), {}).setdefault(species, gid)
+        by_name.setdefault(_key(key, species), {}).setdefault(species, gid)
     for gid, species, _, symbol, ensembl in zip(*columns):
         for name in (symbol, ensembl):
             if name:
-                by_name.setdefault(_name(name), {}).setdefault(species, gid)
+                by_name.setdefault(_key(name, species), {}).setdefault(species, gid)
     return by_name, symbols
 
 
@@ -85,7 +86,7 @@ def explicit_panel(lake: str, items: Sequence, species: Optional[Sequence[str]] 
             ids = [int(item)]
             names.append(symbols.get(int(item), str(item).strip()))
         else:
-            ids = list(by_name.get(_name(item), {}).values())
+            ids = list(by_name.get(_key(item), {}).values())
             names.append(symbols[ids[0]] if ids else str(item))
         gene_ids.append(ids[0] if ids else -1)
         lookup_ids += ids

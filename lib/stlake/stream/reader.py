@@ -267,9 +267,8 @@ class Pipeline:
         self.spec, self.plan = spec, plan
         self.queue: queue.Queue = queue.Queue(maxsize=spec.prefetch)
         self.stop = threading.Event()
-        threads = spec.decode_threads or default_decode_threads()
-        self.chunks = threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="stlake-decode") if threads > 1 else None
+        self.threads = spec.decode_threads or default_decode_threads()
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stlake-decode") if self.threads > 1 else None
         self.thread = threading.Thread(target=self._run, name="stlake-stream", daemon=True)
 
     # producer side
@@ -328,7 +327,7 @@ class Pipeline:
             rng = np.random.default_rng([spec.seed, epoch, index, 7])
             geometry, jitter = transforms.Geometry.random(n, rng), transforms.Jitter.random(n, rng)
         image = transforms.images_tensor(rows["tile"], spec.image_size, spec.image_dtype, spec.image_normalize,
-                                         geometry, jitter, self.pool, self.chunks)
+                                         geometry, jitter, self.pool, self.threads)
         expression = torch.from_numpy(np.ascontiguousarray(rows["expression"]))
         if spec.pin_memory and torch.cuda.is_available():
             image, expression = image.pin_memory(), expression.pin_memory()

@@ -13,8 +13,6 @@ from typing import Iterable, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from stlake import storage, tables
 from stlake.stream.spec import StreamSpec
@@ -32,7 +30,6 @@ class Selection:
     version: int
     files: list[str]
     num_records: int  # rows in the kept files (an upper bound of the rows streamed)
-    total_files: int  # files in the snapshot before pruning
     row_sets: dict[str, frozenset] = field(default_factory=dict)  # column -> allowed values (None = null)
     row_min_tissue_fraction: Optional[float] = None
 
@@ -43,24 +40,15 @@ class Selection:
         return columns + ([TISSUE_COLUMN] if self.row_min_tissue_fraction is not None else [])
 
 
-def open_snapshot(lake: str, table: str, version: Optional[int] = None) -> DeltaTable:
-    """The table at ``version`` (latest when None); a clear error when the table does not exist."""
-    try:
-        return DeltaTable(tables.table_uri(lake, table), version=version,
-                          storage_options=storage.delta_storage_options())
-    except TableNotFoundError as error:
-        hint = " (build it with `stlake pairs`)" if table == "pairs" else ""
-        raise FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}") from error
-
-
-def file_uris(snapshot: DeltaTable, actions: pa.Table) -> list[str]:
-    """Absolute URIs of the add actions' files, in the actions' order."""
-    uris = [u[len("file://"):] if u.startswith("file://") else u for u in snapshot.file_uris()]
-    by_name = {uri.rsplit("/", 1)[-1]: uri for uri in uris}
-    try:
-        return [by_name[path.rsplit("/", 1)[-1]] for path in actions.column("path").to_pylist()]
-    except KeyError as error:
-        raise RuntimeError(f"add action {error} has no matching file URI") from error
+def snapshot_files(spec: StreamSpec) -> tuple[int, pa.Table, list[str]]:
+    """(version, add actions, absolute URIs of their files) of the spec's snapshot of its table."""
+    snapshot = tables.open_table(spec.lake, spec.table, spec.version)
+    if snapshot is None:
+        hint = " (build it with `stlake pairs`)" if spec.table == "pairs" else ""
+        raise FileNotFoundError(f"no Delta table {spec.table!r} in {spec.lake}{hint}")
+    actions, root = tables.add_actions(snapshot), tables.table_uri(spec.lake, spec.table)
+    uris = [storage.join(root, path) for path in _column(actions, "path", actions.num_rows)]
+    return snapshot.version(), actions, uris
 
 
 def _column(actions: pa.Table, name: str, n: int) -> list:
@@ -97,9 +85,7 @@ def _tissue_filter(actions: pa.Table, threshold: float) -> tuple[np.ndarray, np.
 
 def select_files(spec: StreamSpec) -> Selection:
     """Prune the snapshot's files with the spec's filters; list the filters left for rows."""
-    snapshot = open_snapshot(spec.lake, spec.table, spec.version)
-    actions = tables.add_actions(snapshot)
-    uris = file_uris(snapshot, actions) if actions.num_rows else []
+    version, actions, uris = snapshot_files(spec)
     keep = np.ones(actions.num_rows, bool)
     row_sets: dict[str, frozenset] = {}
     for name, column in SET_FILTERS.items():
@@ -119,8 +105,8 @@ def select_files(spec: StreamSpec) -> Selection:
             row_tissue = float(spec.min_tissue_fraction)
     records = _column(actions, "num_records", actions.num_rows)
     chosen = sorted(np.flatnonzero(keep).tolist(), key=lambda i: uris[i])
-    return Selection(snapshot.version(), [uris[i] for i in chosen], int(sum(records[i] or 0 for i in chosen)),
-                     actions.num_rows, row_sets, row_tissue)
+    return Selection(version, [uris[i] for i in chosen], int(sum(records[i] or 0 for i in chosen)),
+                     row_sets, row_tissue)
 
 
 def row_mask(frame, row_sets: dict[str, Iterable], min_tissue_fraction: Optional[float]) -> np.ndarray:
@@ -161,4 +147,4 @@ def median_total_counts(selection: Selection) -> float:
     return float(np.median(totals)) if totals.size else 1.0
 
 
-__all__ = ["Selection", "select_files", "row_mask", "median_total_counts", "open_snapshot"]
+__all__ = ["Selection", "select_files", "row_mask", "median_total_counts"]

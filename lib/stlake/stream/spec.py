@@ -1,7 +1,7 @@
 """What to stream: one :class:`StreamSpec` holds every reader option (also exposed as CLI flags)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields
 from typing import Optional, Sequence, Union
 
 NORMALIZE_MODES = ("none", "log1p", "normalize_total_log1p")
@@ -19,7 +19,8 @@ class StreamSpec:
     """Options of one stream over a lake table (``pairs`` by default).
 
     Filters (each ``None`` = no filter) prune whole files by the Delta log's min/max statistics and
-    are applied per row (a Petastorm predicate) wherever the statistics cannot decide.
+    are applied per row (a Petastorm predicate) wherever the statistics cannot decide. ``species``
+    names are normalised as the lake stores them (``Homo sapiens`` -> ``human``).
 
     Expression: ``panel`` (gene ids and/or symbols / Ensembl ids, in column order) or ``panel_name``
     (a stored panel of the ``gene_panels`` table, e.g. ``hvg256`` from ``stlake hvg``); neither means
@@ -77,13 +78,14 @@ class StreamSpec:
     def __post_init__(self) -> None:
         validate(self)
 
-    def with_(self, **changes) -> "StreamSpec":
-        """A copy with some fields changed."""
-        return replace(self, **changes)
-
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """Each field's default value (fields without one are left out)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
 def _as_list(value):
@@ -94,10 +96,19 @@ def _as_list(value):
     return list(value)
 
 
+def normalised_species(species: Optional[Sequence[Optional[str]]]) -> Optional[list[str]]:
+    """Species names as the lake stores them (``Homo sapiens`` -> ``human``, see ``genes.normalise_species``)."""
+    if species is None:
+        return None
+    from stlake.genes import normalise_species  # imported here: numpy/pandas stay out of `stlake --help`
+    return [normalise_species(s) for s in species]
+
+
 def validate(spec: StreamSpec) -> None:
     """Normalise list fields and reject inconsistent options with a clear message."""
     for name in ("technologies", "species", "tissues", "labels", "slide_ids", "panel"):
         setattr(spec, name, _as_list(getattr(spec, name)))
+    spec.species = normalised_species(spec.species)
     if spec.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, not {spec.normalize!r}")
     if spec.image_dtype not in IMAGE_DTYPES:

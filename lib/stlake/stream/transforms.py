@@ -81,11 +81,6 @@ class Geometry:
     rot90: np.ndarray  # quarter turns counter-clockwise, 0..3
 
     @classmethod
-    def none(cls, n: int) -> "Geometry":
-        zeros = np.zeros(n, np.int64)
-        return cls(zeros.astype(bool), zeros.astype(bool), zeros)
-
-    @classmethod
     def random(cls, n: int, rng: np.random.Generator) -> "Geometry":
         return cls(rng.random(n) < 0.5, rng.random(n) < 0.5, rng.integers(0, 4, n))
 

@@ -2,7 +2,9 @@
 
 Spot ``j`` of slide number ``i``: its tile is a flat colour that encodes the spot
 (:func:`spot_color`), its counts follow :func:`spot_counts`; both are pure functions, so a test can
-recompute what the reader must return for any row.
+recompute what the reader must return for any row. Rows are built the way production builds them:
+genes harmonised by :mod:`stlake.genes` (like 10x features: symbol + Ensembl id) and merged with
+``merge_gene_rows``, species normalised, and ``pairs`` rows joined from the source tables.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from stlake import genes as genes_mod
-from stlake import schemas, tables
+from stlake import pairs, schemas, tables
 
 LABELS = ("tumor", "stroma", None)
 
@@ -26,17 +28,32 @@ class FakeSlide:
     technology: str = "Visium"
     species: str = "human"
     tissue: str = "brain"
-    n_spots: int = 12
-    variant: int = 0  # a re-ingested slide gets another variant: other counts, other spot count
+    base_spots: int = 12  # spots of variant 0
+    variant: int = 0  # a re-ingested slide gets another variant: other counts, ``variant`` more spots
+
+    @property
+    def n_spots(self) -> int:
+        """Spots of this variant of the slide."""
+        return self.base_spots + self.variant
 
 
 def gene_symbols(n_genes: int) -> list[str]:
     return [f"GENE{g:03d}" for g in range(n_genes)]
 
 
+def gene_ensembl_ids(n_genes: int) -> list[str]:
+    return [f"ENSG{g:011d}" for g in range(n_genes)]
+
+
+def harmonised_genes(species: str, n_genes: int) -> genes_mod.GeneMap:
+    """The synthetic genes of one species as ingest harmonises 10x features (symbol + Ensembl id)."""
+    symbols = gene_symbols(n_genes)
+    return genes_mod.harmonise(symbols, gene_ensembl_ids(n_genes), symbols, species)
+
+
 def gene_ids(species: str, n_genes: int) -> np.ndarray:
-    """The lake's ``gene_id`` of each synthetic gene (stlake's stable hash)."""
-    return np.array([genes_mod.gene_id(species, s) for s in gene_symbols(n_genes)], np.int64)
+    """The lake's ``gene_id`` of each synthetic gene."""
+    return harmonised_genes(species, n_genes).gene_ids
 
 
 def spot_color(slide: FakeSlide, j: int) -> tuple[int, int, int]:
@@ -58,10 +75,6 @@ def tissue_fraction(slide: FakeSlide, j: int) -> float:
     return round(((j * 37 + slide.index * 11) % 100) / 100.0, 2)
 
 
-def n_spots(slide: FakeSlide) -> int:
-    return slide.n_spots + slide.variant
-
-
 def tile_bytes(color: tuple[int, int, int], size: int, fmt: str = "jpeg", noise: int = 0,
                rng: Optional[np.random.Generator] = None) -> bytes:
     """A ``size`` x ``size`` tile of one RGB colour (optionally with texture), JPEG q90 or PNG."""
@@ -75,25 +88,18 @@ def tile_bytes(color: tuple[int, int, int], size: int, fmt: str = "jpeg", noise:
     return data.tobytes()
 
 
-def _sparse(slide: FakeSlide, j: int, ids: np.ndarray, n_genes: int) -> tuple[list[int], list[int], int]:
-    counts = spot_counts(slide, j, n_genes)
-    pairs = sorted((int(ids[g]), c) for g, c in counts.items())
-    return [p[0] for p in pairs], [p[1] for p in pairs], sum(counts.values())
-
-
-def pairs_rows(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16) -> pa.Table:
-    """The ``pairs`` rows of one slide."""
-    ids = gene_ids(slide.species, n_genes)
-    rows = {name: [] for name in schemas.PAIRS.names}
-    for j in range(n_spots(slide)):
-        g, c, total = _sparse(slide, j, ids, n_genes)
-        values = dict(slide_id=slide.slide_id, spot_id=f"{slide.slide_id}-s{j:04d}", technology=slide.technology,
-                      species=slide.species, tissue=slide.tissue, label=spot_label(slide, j),
-                      tissue_fraction=tissue_fraction(slide, j), tile=tile_bytes(spot_color(slide, j), tile_px),
-                      tile_format="jpeg", gene_ids=g, counts=c, total_counts=total)
-        for name in rows:
-            rows[name].append(values[name])
-    return pa.table(rows, schema=schemas.PAIRS)
+def pairs_rows(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16,
+               extra_counts: Optional[dict[int, list[int]]] = None) -> pa.Table:
+    """The ``pairs`` rows of one slide: its :func:`source_tables` joined as :mod:`stlake.pairs` joins them."""
+    parts = source_tables(slide, n_genes, tile_px, extra_counts=extra_counts)
+    spots, expression = parts["spots"], parts["expression"]
+    position = {spot: i for i, spot in enumerate(expression.column("spot_id").to_pylist())}
+    expression = expression.take([position[spot] for spot in spots.column("spot_id").to_pylist()])
+    columns = {name: spots.column(name) for name in pairs.SPOT_COLUMNS}
+    columns.update({name: expression.column(name) for name in pairs.EXPRESSION_COLUMNS})
+    slide_row = parts["slides"].select(pairs.SLIDE_COLUMNS).to_pylist()[0]
+    columns.update({name: pa.array([value] * spots.num_rows, pa.string()) for name, value in slide_row.items()})
+    return pa.table(columns).select(schemas.PAIRS.names).cast(schemas.PAIRS)
 
 
 def write_pairs(lake: str, slides: Iterable[FakeSlide], n_genes: int = 30, tile_px: int = 16,
@@ -106,24 +112,10 @@ def write_pairs(lake: str, slides: Iterable[FakeSlide], n_genes: int = 30, tile_
 
 
 def write_genes(lake: str, species: Sequence[str], n_genes: int = 30) -> int:
-    rows = {"gene_id": [], "species": [], "gene_key": [], "symbol": [], "ensembl_id": []}
-    for sp in sorted(set(species)):
-        for g, (gid, symbol) in enumerate(zip(gene_ids(sp, n_genes), gene_symbols(n_genes))):
-            rows["gene_id"].append(int(gid))
-            rows["species"].append(sp)
-            rows["gene_key"].append(symbol)
-            rows["symbol"].append(symbol)
-            rows["ensembl_id"].append(f"ENSG{g:011d}")
-    table = pa.table(rows, schema=schemas.GENES)
-
-    def merge(current: Optional[pa.Table]) -> pa.Table:
-        if current is None:
-            return table
-        new = set(rows["gene_id"])
-        kept = current.filter(pa.array([g not in new for g in current.column("gene_id").to_pylist()], pa.bool_()))
-        return pa.concat_tables([kept.cast(schemas.GENES), table]).sort_by("gene_id")
-
-    return tables.overwrite_small_table(lake, "genes", merge, run_id="genes")
+    """Merge the synthetic genes of ``species`` into ``genes`` as ingest does; returns the version."""
+    rows = [harmonised_genes(sp, n_genes).rows for sp in sorted(set(species))]
+    return tables.overwrite_small_table(lake, "genes", lambda current: genes_mod.merge_gene_rows(current, rows),
+                                        run_id="genes")
 
 
 def source_tables(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16, run_id: str = "test",
@@ -134,7 +126,7 @@ def source_tables(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16, run_id
     """
     ids = gene_ids(slide.species, n_genes)
     spots, expression = {n: [] for n in schemas.SPOTS.names}, {n: [] for n in schemas.EXPRESSION.names}
-    for j in range(n_spots(slide)):
+    for j in range(slide.n_spots):
         counts = spot_counts(slide, j, n_genes)
         for g, values in (extra_counts or {}).items():
             counts[g] = values[j]
@@ -154,7 +146,8 @@ def source_tables(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16, run_id
             expression[name].append(value)
     slide_row = {n: [None] for n in schemas.SLIDES.names}
     slide_row.update(slide_id=[slide.slide_id], technology=[slide.technology], layout=["stimage"],
-                     species=[slide.species], tissue=[slide.tissue], n_spots=[n_spots(slide)], run_id=[run_id])
+                     species=[genes_mod.normalise_species(slide.species)], tissue=[slide.tissue],
+                     n_spots=[slide.n_spots], run_id=[run_id])
     return {"spots": pa.table(spots, schema=schemas.SPOTS), "expression": pa.table(expression, schema=schemas.EXPRESSION),
             "slides": pa.table(slide_row, schema=schemas.SLIDES)}
 

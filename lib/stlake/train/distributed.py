@@ -51,6 +51,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def world_size() -> int:
+    """Processes in the group (1 without one)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def is_main_process() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
@@ -77,12 +82,3 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """Mean of a scalar over ranks (the value itself in a single process)."""
-    if not is_distributed():
-        return float(value)
-    tensor = torch.tensor([float(value)], device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()

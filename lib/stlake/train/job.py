@@ -16,11 +16,10 @@ torch (and the stream reader) are imported when the job runs, so ``stlake.cli`` 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from stlake.train import ENCODERS
 
@@ -88,12 +87,6 @@ def register(sub: Any) -> None:
 
 # ---------------------------------------------------------------- slides and splits
 
-def list_slides(lake: str) -> list[str]:
-    """Slide ids of the lake's ``slides`` table (no Spark: the Delta snapshot via delta-rs)."""
-    from stlake import tables
-    return sorted(set(tables.read_table(lake, "slides", ["slide_id"]).column("slide_id").to_pylist()))
-
-
 def split_slides(slides: Sequence[str], train_slides: Optional[Sequence[str]] = None,
                  holdout_slides: Optional[Sequence[str]] = None, holdout_fraction: float = 0.2,
                  seed: int = 0) -> tuple[list[str], list[str]]:
@@ -124,19 +117,26 @@ def random_holdout(slides: Sequence[str], holdout_fraction: float, seed: int) ->
 
 # ---------------------------------------------------------------- the stream
 
-def pinned_version(lake: str, table: str) -> Optional[int]:
-    """The table's current Delta version, read by rank 0 and shared, so every rank streams one snapshot."""
+def pinned_snapshot(lake: str, table: str) -> tuple[int, list[str]]:
+    """(version, slide ids) of the table's current snapshot, read by rank 0 and shared with every rank.
+
+    Every rank streams that version, and the slides to split are those of that very snapshot.
+    """
     import torch
 
     from stlake import tables
     from stlake.train import distributed
-    version = [None]
+    shared: list = [None, []]
     if distributed.is_main_process():
         delta = tables.open_table(lake, table)
-        version[0] = delta.version() if delta is not None else None
+        if delta is not None:
+            shared = [delta.version(), tables.slide_ids(lake, table, delta.version())]
     if distributed.is_distributed():
-        torch.distributed.broadcast_object_list(version, src=0)
-    return version[0]
+        torch.distributed.broadcast_object_list(shared, src=0)
+    if shared[0] is None:
+        hint = " (build it with `stlake pairs`)" if table == "pairs" else ""
+        raise FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}")
+    return shared[0], shared[1]
 
 
 def stream_spec(args: argparse.Namespace, slide_ids: Sequence[str], shard: int, shards: int, shuffle: bool,
@@ -160,41 +160,6 @@ def stream_spec(args: argparse.Namespace, slide_ids: Sequence[str], shard: int, 
     return StreamSpec(**kwargs)
 
 
-def gene_names(lake: str, spec: Any) -> Optional[list[str]]:
-    """Names of the panel's genes, in expression-column order, when the stream can tell."""
-    try:
-        from stlake.stream import resolve_panel
-        panel = resolve_panel(lake, spec)
-    except Exception:  # noqa: BLE001 - names are only labels for the per-gene report
-        return None
-    return panel_labels(panel)
-
-
-def panel_labels(panel: Any) -> Optional[list[str]]:
-    """The gene labels of a resolved panel (an object, a dict, or a plain sequence); None when it has none."""
-    for attr in ("symbols", "gene_keys", "names", "gene_ids"):
-        values = getattr(panel, attr, None)
-        if values is not None:
-            return [str(v) for v in values]
-    if isinstance(panel, dict):
-        for key in ("symbols", "gene_keys", "names", "gene_ids"):
-            if key in panel:
-                return [str(v) for v in panel[key]]
-    try:
-        return [str(v) for v in panel]
-    except TypeError:
-        return None
-
-
-def peek(batches: Iterable[dict]) -> tuple[dict, Iterator[dict]]:
-    """The first batch, and an iterator over all batches (the first included)."""
-    iterator = iter(batches)
-    first = next(iterator, None)
-    if first is None:
-        raise RuntimeError("the stream yielded no batch: no spots in the training slides?")
-    return first, itertools.chain([first], iterator)
-
-
 # ---------------------------------------------------------------- model, training, evaluation
 
 def build(args: argparse.Namespace, n_genes: int) -> ClipModel:
@@ -206,38 +171,31 @@ def build(args: argparse.Namespace, n_genes: int) -> ClipModel:
     return ClipModel(config)
 
 
-def resumed_step(args: argparse.Namespace) -> int:
-    """The step a ``--resume`` run continues from (0 when starting fresh)."""
-    import torch
-
-    from stlake.train.loop import checkpoint_path
-    if not (args.resume and args.checkpoint_dir and os.path.exists(checkpoint_path(args.checkpoint_dir))):
-        return 0
-    return int(torch.load(checkpoint_path(args.checkpoint_dir), map_location="cpu", weights_only=False)["step"])
-
-
 def run_training(args: argparse.Namespace, train_ids: list[str], rank: int, world: int,
                  device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
     """Stream this rank's shard of the training slides (endless epochs, so every rank runs ``--steps``).
 
-    A resumed run reseeds the shuffle with the step it starts from, so it does not replay the first batches.
+    A resumed run reseeds the shuffle with the step it starts from, so it does not replay the first batches;
+    its checkpoint is read once, here, and handed to the loop.
     """
     import torch
 
     from stlake.stream import make_loader
     from stlake.train import distributed
-    from stlake.train.loop import OptimizerConfig, train
-    spec = stream_spec(args, train_ids, rank, world, shuffle=True, num_epochs=None,
-                       seed=args.seed + resumed_step(args), augment=args.augment,
-                       pin_memory=device.type == "cuda")
+    from stlake.train.loop import OptimizerConfig, resume_state, train
+    state = resume_state(args.checkpoint_dir, args.resume)
+    start = int(state["step"]) if state is not None else 0
+    spec = stream_spec(args, train_ids, rank, world, shuffle=True, num_epochs=None, seed=args.seed + start,
+                       augment=args.augment, pin_memory=device.type == "cuda")
     with make_loader(spec) as loader:
-        first, batches = peek(loader)
         torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-        model = distributed.wrap_model(build(args, int(first["expression"].shape[1])), device)
+        model = distributed.wrap_model(build(args, loader.panel.n_genes), device)
         cfg = OptimizerConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps)
-        history = train(model, batches, args.steps, cfg, checkpoint_dir=args.checkpoint_dir,
-                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        history = train(model, loader, args.steps, cfg, checkpoint_dir=args.checkpoint_dir,
+                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, resumed=state,
                         log=print if rank == 0 else None)
+    if not history and start < args.steps:
+        raise RuntimeError("the stream yielded no batch: no spots in the training slides?")
     return model, history
 
 
@@ -250,7 +208,7 @@ def run_evaluation(args: argparse.Namespace, model: torch.nn.Module, train_ids: 
     holdout_spec = stream_spec(args, holdout_ids, 0, 1, shuffle=False, num_epochs=1, seed=args.seed)
     with make_loader(train_spec) as train_batches, make_loader(holdout_spec) as holdout_batches:
         metrics = evaluate(model, train_batches, holdout_batches, alpha=args.ridge_alpha,
-                           gene_names=gene_names(args.lake, holdout_spec),
+                           gene_names=holdout_batches.panel.symbols,
                            max_train_batches=args.eval_train_batches)
     metrics.update({"train_slides": train_ids, "holdout_slides": holdout_ids})
     return metrics
@@ -287,8 +245,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     from stlake.train import distributed
     rank, world, _, device = distributed.init_distributed(args.device)
     try:
-        args.version = pinned_version(args.lake, args.table)
-        train_ids, holdout_ids = split_slides(list_slides(args.lake), args.train_slides, args.holdout_slides,
+        args.version, slides = pinned_snapshot(args.lake, args.table)
+        train_ids, holdout_ids = split_slides(slides, args.train_slides, args.holdout_slides,
                                               args.holdout_fraction, args.seed)
         if rank == 0:
             print(f"world {world} on {device}; train slides {len(train_ids)}, held-out {len(holdout_ids)}")

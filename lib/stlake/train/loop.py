@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 from torch import nn
 
+from stlake.train import distributed
 from stlake.train.model import ClipModel, clip_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -88,15 +89,29 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, model: Optional[nn.Module] = None, optimizer: Optional[torch.optim.Optimizer] = None,
-                    map_location: Any = "cpu") -> dict:
-    """Load a checkpoint into ``model`` / ``optimizer`` when given; returns the raw state (``state["step"]``)."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
+def restore_checkpoint(state: dict, model: Optional[nn.Module] = None,
+                       optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+    """Load a checkpoint's state into ``model`` / ``optimizer`` when given; returns its step."""
     if model is not None:
         unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def load_checkpoint(path: str, model: Optional[nn.Module] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+                    map_location: Any = "cpu") -> dict:
+    """Load a checkpoint into ``model`` / ``optimizer`` when given; returns the raw state (``state["step"]``)."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    restore_checkpoint(state, model, optimizer)
     return state
+
+
+def resume_state(checkpoint_dir: Optional[str], resume: bool = True, map_location: Any = "cpu") -> Optional[dict]:
+    """The state of ``checkpoint_dir/checkpoint.pt`` when resuming and it exists, else None."""
+    if not (resume and checkpoint_dir and os.path.exists(checkpoint_path(checkpoint_dir))):
+        return None
+    return torch.load(checkpoint_path(checkpoint_dir), map_location=map_location, weights_only=False)
 
 
 def model_from_checkpoint(path: str, map_location: Any = "cpu") -> tuple[ClipModel, dict]:
@@ -157,37 +172,27 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, image: torch.
     return float(loss.detach())
 
 
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _is_main() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def train(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer_cfg: Optional[OptimizerConfig] = None,
           checkpoint_dir: Optional[str] = None, log_every: int = 10, checkpoint_every: Optional[int] = None,
           resume: bool = False, optimizer: Optional[torch.optim.Optimizer] = None, amp: Optional[bool] = None,
-          log: Optional[Callable[[str], None]] = print) -> list[dict]:
+          log: Optional[Callable[[str], None]] = print, resumed: Optional[dict] = None) -> list[dict]:
     """Train until ``steps`` optimiser steps in total (counting resumed ones); returns the history.
 
     History: one dict per step run here, ``{step, loss, temperature, samples_per_s, lr}`` (``step`` is
     1-based; ``samples_per_s`` counts every rank). ``resume=True`` continues from
-    ``checkpoint_dir/checkpoint.pt`` when it exists. Rank 0 writes a checkpoint every
+    ``checkpoint_dir/checkpoint.pt`` when it exists; ``resumed`` (a state from :func:`resume_state`)
+    continues from a checkpoint already read. Rank 0 writes a checkpoint every
     ``checkpoint_every`` steps and at the end. Stops early when a one-shot ``batches`` runs out.
     """
     cfg = optimizer_cfg or OptimizerConfig()
     optimizer = optimizer or build_optimizer(model, cfg)
     device = model_device(model)
-    start = 0
-    if resume and checkpoint_dir and os.path.exists(checkpoint_path(checkpoint_dir)):
-        start = int(load_checkpoint(checkpoint_path(checkpoint_dir), model, optimizer, map_location=device)["step"])
-        if log:
-            log(f"resumed from {checkpoint_path(checkpoint_dir)} at step {start}")
+    state = resumed if resumed is not None else resume_state(checkpoint_dir, resume, device)
+    start = 0 if state is None else restore_checkpoint(state, model, optimizer)
+    if state is not None and log:
+        log(f"resumed from {checkpoint_path(checkpoint_dir) if checkpoint_dir else 'a checkpoint'} at step {start}")
     total = cfg.total_steps or steps
-    world = _world_size()
+    world = distributed.world_size()
     history: list[dict] = []
     step = start
     tick = time.perf_counter()
@@ -209,8 +214,8 @@ def train(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer_cfg:
             row = history[-1]
             log(f"step {step:>6}  loss {row['loss']:.4f}  T {row['temperature']:.4f}  "
                 f"{row['samples_per_s']:.0f} samples/s  lr {row['lr']:.2e}")
-        if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and _is_main():
+        if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and distributed.is_main_process():
             save_checkpoint(checkpoint_path(checkpoint_dir), model, optimizer, step)
-    if checkpoint_dir and _is_main() and step > start:
+    if checkpoint_dir and distributed.is_main_process() and step > start:
         save_checkpoint(checkpoint_path(checkpoint_dir), model, optimizer, step, {"optimizer_cfg": asdict(cfg)})
     return history

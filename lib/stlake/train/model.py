@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stlake.stream.spec import IMAGENET_MEAN, IMAGENET_STD  # the stream's normalisation, when it applies it
 from stlake.train import ENCODERS  # defined torch-free there, for `stlake train --encoder`
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
