@@ -5,7 +5,7 @@ One run measures, side by side (every ratio comes from numbers taken in the same
 (a) **tiles/s** of three tilers on the same image file (the slide's full-resolution ``image.tif``,
     what the ingest job reads), the same spots (in tissue) and the same squares (spot diameter):
 
-    - **stlake tiler**: ``imageio.open_region_reader`` + ``tiling.cut_tiles`` (JPEG q90 in memory,
+    - **stlake tiler**: ``images.open_region_reader`` + ``tiling.cut_tiles`` (JPEG q90 in memory,
       with tissue fraction), exactly what a tile unit of the ingest job runs;
     - **naive (release's method)**: PIL ``Image.open`` + ``load`` of the whole image, ``crop`` per
       spot, ``save`` one PNG file per spot (PIL defaults) into a temp folder;
@@ -16,7 +16,7 @@ One run measures, side by side (every ratio comes from numbers taken in the same
     Each measurement is a fresh child process (so its peak RSS is its own); the three methods are
     interleaved in rounds (order rotated each round) and ratios are computed within a round, then
     the median over rounds is reported.
-(b) **end-to-end pairs/s per core** of the ingest job (``stlake.ingest.ingest``, Spark
+(b) **end-to-end pairs/s per core** of the ingest job (``stlake.ingestion.driver.ingest``, Spark
     ``local[2]``): spots landed / wall seconds of the ``ingest()`` call / 2 cores. The JVM start-up and
     Python worker start-up are excluded: a warm-up ingest of a small Visium slide runs first in the
     same Spark session. Each timed run writes into a fresh lake; the median run is reported.
@@ -181,8 +181,8 @@ def _finish(result: dict, t0: float, c0: float, base_rss: int) -> dict:
 
 
 def tiler_stlake(info: dict) -> dict:
-    from stlake import imageio, tiling
-    from stlake.options import IngestOptions
+    from stlake.ingestion import images, tiling
+    from stlake.ingestion.options import IngestOptions
 
     x, y, _ = _load_spots(info["spots"])
     budget = IngestOptions(source="", lake="").memory_budget
@@ -190,7 +190,7 @@ def tiler_stlake(info: dict) -> dict:
     base = proc_status()["VmRSS"]
     reset_peak()
     t0, c0 = time.perf_counter(), time.process_time()
-    with imageio.open_region_reader(info["image"], budget) as reader:
+    with images.open_region_reader(info["image"], budget) as reader:
         tiles, dropped = tiling.cut_tiles(reader, x.astype(float), y.astype(float), spec, budget)
         peak_decoded = reader.peak_decoded_bytes
     out = {"tiles": len(tiles), "bytes_out": sum(len(t.data) for t in tiles), "peak_decoded_bytes": peak_decoded}
@@ -292,10 +292,10 @@ def profile_units(info: dict, top: int = 12) -> dict:
     import cProfile
     import pstats
 
-    from stlake.discover import discover
-    from stlake.options import IngestOptions
-    from stlake.plan import plan_slide
-    from stlake.units import run_unit
+    from stlake.ingestion.discover import discover
+    from stlake.ingestion.options import IngestOptions
+    from stlake.ingestion.plan import plan_slide
+    from stlake.ingestion.units import run_unit
 
     lake = tempfile.mkdtemp(prefix="profile-lake-", dir=info["root"])
     try:
@@ -416,9 +416,9 @@ class TreeSampler(threading.Thread):
 
 def run_ingest(info: dict, warm_dir: str, repeats: int, lakes: Path) -> dict:
     """Warm-up ingest of a small slide, then ``repeats`` timed ingests of the slide, each into a fresh lake."""
-    import stlake.ingest as ingest_module
-    from stlake import tables
-    from stlake.options import IngestOptions
+    import stlake.ingestion.driver as ingest_module
+    from stlake.lake import tables
+    from stlake.ingestion.options import IngestOptions
     from stlake.spark import spark_session
 
     stage_times: dict[str, float] = {}
@@ -645,7 +645,7 @@ def main() -> None:
            "tile_encoding": f"JPEG q{QUALITY} (stlake, codec limit); PNG, PIL defaults (naive)",
            "spots": "in-tissue spots (what the ingest lands)"},
         "definitions": {
-            "stlake": "imageio.open_region_reader + tiling.cut_tiles (default 4 GiB budget), tiles kept in memory",
+            "stlake": "images.open_region_reader + tiling.cut_tiles (default 4 GiB budget), tiles kept in memory",
             "naive": "PIL Image.open + load of the whole image, crop per spot, save one PNG file per spot",
             "codec": "one cv2.imread of the whole image (amortised over all tiles) + one cv2.imencode JPEG q90 per "
                      "tile slice in a tight loop",

@@ -47,7 +47,7 @@ def s3_env(s3_server, monkeypatch):
     """``os.environ`` pointing at ``s3_server`` (other AWS_* variables removed); yields the server."""
     import os
 
-    from stlake import storage
+    from stlake.lake import storage
 
     env = s3_server.env()
     for name in list(os.environ):

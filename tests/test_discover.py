@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stlake import storage
-from stlake.discover import MAX_DEPTH, discover
-from stlake.readers import ReaderOptions, read_slide, stimage, visium
+from stlake.lake import storage
+from stlake.ingestion.discover import MAX_DEPTH, discover
+from stlake.ingestion.readers import ReaderOptions, read_slide, stimage, visium
 
 
 def _fixtures():

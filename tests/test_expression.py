@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from stlake import expression as ex
-from stlake import storage
-from stlake.records import ExpressionSource, SlideError
+from stlake.ingestion import matrices as ex
+from stlake.lake import storage
+from stlake.ingestion.records import ExpressionSource, SlideError
 
 
 def random_counts(n_spots: int = 60, n_genes: int = 25, seed: int = 0) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from stlake import imageio
-from stlake.records import SlideError
+from stlake.ingestion import images
+from stlake.ingestion.records import SlideError
 from imagedata import coord_image
 
 
@@ -53,7 +53,7 @@ def png_with_filters(raw: np.ndarray, width: int, depth: int, color_type: int, b
         prev = row
     data = zlib.compress(b"".join(rows), 6)
     ihdr = struct.pack(">IIBBBBB", width, raw.shape[0], depth, color_type, 0, 0, 0)
-    parts = [imageio.PNG_SIGNATURE, chunk(b"IHDR", ihdr)]
+    parts = [images.PNG_SIGNATURE, chunk(b"IHDR", ihdr)]
     if plte:
         parts.append(chunk(b"PLTE", plte))
     parts += [chunk(b"IDAT", data[i:i + idat_size]) for i in range(0, len(data), idat_size)]
@@ -83,9 +83,9 @@ def cv_png(array: np.ndarray, *params: int) -> bytes:
     return buf.tobytes()
 
 
-def stream_all(path: str, budget: int, step: int) -> tuple[np.ndarray, imageio.RegionReader]:
+def stream_all(path: str, budget: int, step: int) -> tuple[np.ndarray, images.RegionReader]:
     """Read the whole image ``step`` rows at a time through a reader with ``budget``."""
-    reader = imageio.open_region_reader(path, budget)
+    reader = images.open_region_reader(path, budget)
     h = reader.info.height
     with reader:
         parts = [np.array(reader.read_rows(y, y + step)) for y in range(0, h, step)]
@@ -95,13 +95,13 @@ def stream_all(path: str, budget: int, step: int) -> tuple[np.ndarray, imageio.R
 # ----------------------------------------------------------------------------- sniffing and probing
 
 def test_sniff_format_magic_bytes():
-    assert imageio.sniff_format(imageio.PNG_SIGNATURE + b"rest") == "png"
-    assert imageio.sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert images.sniff_format(images.PNG_SIGNATURE + b"rest") == "png"
+    assert images.sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
     for magic in (b"II*\x00", b"MM\x00*", b"II+\x00"):
-        assert imageio.sniff_format(magic + b"\x08\x00") == "tiff"
+        assert images.sniff_format(magic + b"\x08\x00") == "tiff"
     for bad in (b"", b"GIF89a", b"hello world", b"\x89PNX\r\n"):
         with pytest.raises(SlideError) as err:
-            imageio.sniff_format(bad)
+            images.sniff_format(bad)
         assert err.value.reason == "image_unreadable"
 
 
@@ -111,26 +111,26 @@ def test_mislabelled_files_are_sniffed(tmp_path):
     png.write_bytes(cv_png(image))
     jpg.write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
     tifffile.imwrite(tif, image[..., ::-1], photometric="rgb")
-    assert imageio.probe_image(str(png)) == imageio.ImageInfo(60, 40, 3, "png", False)
-    assert imageio.probe_image(str(jpg)) == imageio.ImageInfo(60, 40, 3, "jpeg", False)
-    info = imageio.probe_image(str(tif))
+    assert images.probe_image(str(png)) == images.ImageInfo(60, 40, 3, "png", False)
+    assert images.probe_image(str(jpg)) == images.ImageInfo(60, 40, 3, "jpeg", False)
+    info = images.probe_image(str(tif))
     assert (info.width, info.height, info.format, info.random_access) == (60, 40, "tiff", True)
-    with imageio.open_region_reader(str(png), 1 << 30) as reader:
+    with images.open_region_reader(str(png), 1 << 30) as reader:
         assert np.array_equal(reader.read_rows(0, 40), image)
-    with imageio.open_region_reader(str(tif), 1 << 30) as reader:
+    with images.open_region_reader(str(tif), 1 << 30) as reader:
         assert np.array_equal(reader.read_rows(0, 40), image)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     for path in (text, tmp_path / "missing.png"):
         with pytest.raises(SlideError) as err:
-            imageio.probe_image(str(path))
+            images.probe_image(str(path))
         assert err.value.reason == "image_unreadable"
 
 
 def test_probe_reads_headers_only(tmp_path, monkeypatch):
     huge_png = tmp_path / "huge.png"
     ihdr = struct.pack(">IIBBBBB", 100_000, 80_000, 8, 2, 0, 0, 0)
-    huge_png.write_bytes(imageio.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+    huge_png.write_bytes(images.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
                          + chunk(b"IEND", b""))
     jpeg = bytearray(cv2.imencode(".jpg", coord_image(16, 16))[1].tobytes())
     sof = jpeg.index(b"\xff\xc0")
@@ -142,9 +142,9 @@ def test_probe_reads_headers_only(tmp_path, monkeypatch):
         raise AssertionError("probe_image decoded pixels")
 
     monkeypatch.setattr(cv2, "imdecode", no_decode)
-    assert imageio.probe_image(str(huge_png)) == imageio.ImageInfo(100_000, 80_000, 3, "png", False)
-    assert imageio.probe_image(str(huge_jpg)) == imageio.ImageInfo(60_000, 50_000, 3, "jpeg", False)
-    assert imageio.decoded_bytes(imageio.probe_image(str(huge_png))) == 100_000 * 80_000 * 3
+    assert images.probe_image(str(huge_png)) == images.ImageInfo(100_000, 80_000, 3, "png", False)
+    assert images.probe_image(str(huge_jpg)) == images.ImageInfo(60_000, 50_000, 3, "jpeg", False)
+    assert images.decoded_bytes(images.probe_image(str(huge_png))) == 100_000 * 80_000 * 3
 
 
 def test_truncated_and_corrupt_png(tmp_path):
@@ -152,7 +152,7 @@ def test_truncated_and_corrupt_png(tmp_path):
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(SlideError) as err:
-        imageio.probe_image(str(truncated))
+        images.probe_image(str(truncated))
     assert err.value.reason == "image_unreadable"
     corrupt = bytearray(data)  # damaged image data, intact header and IEND
     start = corrupt.index(b"IDAT") + 40
@@ -161,7 +161,7 @@ def test_truncated_and_corrupt_png(tmp_path):
     path.write_bytes(bytes(corrupt))
     for budget in (1 << 30, 20_000):  # cached decode, then streaming
         with pytest.raises(SlideError) as err:
-            with imageio.open_region_reader(str(path), budget) as reader:
+            with images.open_region_reader(str(path), budget) as reader:
                 reader.read_rows(0, 120)
         assert err.value.reason == "image_unreadable"
 
@@ -237,7 +237,7 @@ def test_png_stream_skips_and_restarts(tmp_path):
     image = busy_image(300, 200)
     path = tmp_path / "a.png"
     path.write_bytes(cv_png(image))
-    with imageio.open_region_reader(str(path), 100_000) as reader:
+    with images.open_region_reader(str(path), 100_000) as reader:
         assert reader.streaming
         assert np.array_equal(reader.read_rows(100, 130), image[100:130])
         assert np.array_equal(reader.read_region(250, 400, 10, 50), image[250:300, 10:50])
@@ -253,7 +253,7 @@ def test_interlaced_png_over_budget(tmp_path):
     path = tmp_path / "interlaced.png"
     path.write_bytes(bytes(data))
     with pytest.raises(SlideError) as err:
-        imageio.open_region_reader(str(path), 1000)
+        images.open_region_reader(str(path), 1000)
     assert err.value.reason == "image_too_large" and "interlaced" in err.value.detail
 
 
@@ -263,11 +263,11 @@ def test_jpeg_within_and_over_budget(tmp_path):
     image = coord_image(80, 120)
     path = tmp_path / "slide.dat"
     path.write_bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
-    with imageio.open_region_reader(str(path), 1 << 20) as reader:
+    with images.open_region_reader(str(path), 1 << 20) as reader:
         assert np.array_equal(reader.read_region(10, 30, 5, 50), cv2.imread(str(path))[10:30, 5:50])
         assert reader.peak_decoded_bytes == 80 * 120 * 3
     with pytest.raises(SlideError) as err:
-        imageio.open_region_reader(str(path), 10_000)
+        images.open_region_reader(str(path), 10_000)
     assert err.value.reason == "image_too_large"
     assert "120x80" in err.value.detail and "tiled TIFF" in err.value.detail
 
@@ -277,7 +277,7 @@ def test_truncated_jpeg(tmp_path):
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(SlideError) as err:
-        imageio.open_region_reader(str(path))
+        images.open_region_reader(str(path))
     assert err.value.reason == "image_unreadable"
 
 
@@ -303,7 +303,7 @@ def test_tiff_region_reads_equal_slicing(tmp_path, kwargs):
     if kwargs.get("planarconfig") == "separate":
         rgb = np.moveaxis(rgb, -1, 0)
     tifffile.imwrite(path, np.ascontiguousarray(rgb), photometric="rgb", **kwargs)
-    with imageio.open_region_reader(str(path), 1 << 30) as reader:
+    with images.open_region_reader(str(path), 1 << 30) as reader:
         assert reader.info.random_access and not reader.streaming
         for y0, y1, x0, x1 in REGIONS:
             region = reader.read_region(y0, y1, x0, x1)
@@ -315,17 +315,17 @@ def test_tiff_is_opened_and_parsed_once_per_reader(tmp_path, monkeypatch):
     path = tmp_path / "once.tif"
     tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(32, 32))
     opened, parsed = [], []
-    original_open, original_level = imageio.storage.open_input, imageio._TiffLevel
+    original_open, original_level = images.storage.open_input, images._TiffLevel
 
     class CountingLevel(original_level):
         def __init__(self, fh):
             parsed.append(fh)
             super().__init__(fh)
 
-    monkeypatch.setattr(imageio.storage, "open_input", lambda uri: opened.append(uri) or original_open(uri))
-    monkeypatch.setattr(imageio, "_TiffLevel", CountingLevel)
-    with imageio.open_region_reader(str(path), 1 << 30) as reader:
-        assert reader.info == imageio.ImageInfo(90, 120, 3, "tiff", True)
+    monkeypatch.setattr(images.storage, "open_input", lambda uri: opened.append(uri) or original_open(uri))
+    monkeypatch.setattr(images, "_TiffLevel", CountingLevel)
+    with images.open_region_reader(str(path), 1 << 30) as reader:
+        assert reader.info == images.ImageInfo(90, 120, 3, "tiff", True)
         assert np.array_equal(reader.read_region(10, 70, 5, 80), image[10:70, 5:80])
     assert len(opened) == 1 and len(parsed) == 1
 
@@ -342,13 +342,13 @@ def test_tiff_sample_types(tmp_path):
     for name, (data, kwargs, expected) in cases.items():
         path = tmp_path / f"{name}.tif"
         tifffile.imwrite(path, data, tile=(32, 32), **kwargs)
-        with imageio.open_region_reader(str(path), 1 << 30) as reader:
+        with images.open_region_reader(str(path), 1 << 30) as reader:
             assert np.array_equal(reader.read_rows(0, 90), expected), name
     colormap = np.random.default_rng(2).integers(0, 65536, (3, 256), dtype=np.uint16)
     path = tmp_path / "palette.tif"
     tifffile.imwrite(path, image[..., 0], photometric="palette", colormap=colormap, rowsperstrip=10)
     expected = (colormap >> 8).astype(np.uint8).T[:, ::-1][image[..., 0]]
-    with imageio.open_region_reader(str(path), 1 << 30) as reader:
+    with images.open_region_reader(str(path), 1 << 30) as reader:
         assert np.array_equal(reader.read_region(5, 60, 3, 66), expected[5:60, 3:66])
 
 
@@ -360,9 +360,9 @@ def test_pyramidal_tiff_uses_level0_of_largest_series(tmp_path):
         tif.write(np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(64, 64), subifds=2)
         tif.write(np.ascontiguousarray(image[::2, ::2, ::-1]), photometric="rgb", tile=(64, 64), subfiletype=1)
         tif.write(np.ascontiguousarray(image[::4, ::4, ::-1]), photometric="rgb", tile=(64, 64), subfiletype=1)
-    info = imageio.probe_image(str(path))
+    info = images.probe_image(str(path))
     assert (info.width, info.height, info.format) == (384, 256, "tiff")
-    with imageio.open_region_reader(str(path), 1 << 30) as reader:
+    with images.open_region_reader(str(path), 1 << 30) as reader:
         assert np.array_equal(reader.read_region(100, 200, 50, 350), image[100:200, 50:350])
 
 
@@ -372,13 +372,13 @@ def test_tiff_region_of_image_over_budget(tmp_path):
     tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(128, 128),
                      compression="zlib")
     budget = 2_000_000
-    with imageio.open_region_reader(str(path), budget) as reader:
+    with images.open_region_reader(str(path), budget) as reader:
         assert np.array_equal(reader.read_region(700, 1000, 1200, 1700), image[700:1000, 1200:1700])
         assert np.array_equal(reader.read_region(1400, 1600, 0, 300), image[1400:1500, :300])
         assert 0 < reader.peak_decoded_bytes <= budget
     strips = tmp_path / "strips.tif"  # one uncompressed strip for the whole image: rows read directly
     tifffile.imwrite(strips, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", rowsperstrip=1500)
-    with imageio.open_region_reader(str(strips), budget) as reader:
+    with images.open_region_reader(str(strips), budget) as reader:
         assert reader.info.random_access
         assert np.array_equal(reader.read_region(900, 1100, 10, 990), image[900:1100, 10:990])
         assert reader.peak_decoded_bytes <= budget
@@ -386,7 +386,7 @@ def test_tiff_region_of_image_over_budget(tmp_path):
     tifffile.imwrite(zipped, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", rowsperstrip=1500,
                      compression="zlib")
     with pytest.raises(SlideError) as err:
-        imageio.open_region_reader(str(zipped), budget)
+        images.open_region_reader(str(zipped), budget)
     assert err.value.reason == "image_too_large"
 
 
@@ -396,7 +396,7 @@ def test_tiff_region_decodes_only_the_tiles_under_needed_squares(tmp_path):
     tifffile.imwrite(path, np.ascontiguousarray(image[..., ::-1]), photometric="rgb", tile=(128, 128),
                      compression="zlib")
     needed = np.array([[10, 40, 20, 60], [300, 330, 400, 440]])  # rows y0, y1, x0, x1: two tiles
-    with imageio.open_region_reader(str(path), 8 << 20) as reader:
+    with images.open_region_reader(str(path), 8 << 20) as reader:
         region = reader.read_region(0, 512, 0, 512, needed)
     for y0, y1, x0, x1 in needed:
         assert np.array_equal(region[y0:y1, x0:x1], image[y0:y1, x0:x1])
@@ -484,9 +484,9 @@ def test_jpeg_compressed_tiled_tiff(tmp_path, photometric):
     image = coord_image(200, 300)
     path = tmp_path / "scanner.svs"
     expected = write_jpeg_tiff(path, image, 64, photometric)
-    info = imageio.probe_image(str(path))
+    info = images.probe_image(str(path))
     assert (info.width, info.height, info.random_access) == (300, 200, True)
-    with imageio.open_region_reader(str(path), 200_000) as reader:
+    with images.open_region_reader(str(path), 200_000) as reader:
         assert np.array_equal(reader.read_region(30, 170, 100, 290), expected[30:170, 100:290])
         assert reader.peak_decoded_bytes <= 200_000
     assert np.abs(expected.astype(int) - image).mean() < 3  # and the tiles are the image
@@ -498,7 +498,7 @@ def test_truncated_tiff(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(SlideError) as err:
-        imageio.open_region_reader(str(path))
+        images.open_region_reader(str(path))
     assert err.value.reason == "image_unreadable"
 
 
@@ -515,8 +515,8 @@ def test_reads_through_pyarrow_files(tmp_path, monkeypatch, kind, budget):
         path.write_bytes(cv2.imencode(".png" if kind == "png" else ".jpg", image)[1].tobytes())
     expected = cv2.imread(str(path)) if kind == "jpeg" else image
     local = pafs.LocalFileSystem()
-    monkeypatch.setattr(imageio.storage, "open_input", lambda uri: local.open_input_file(uri))
-    assert imageio.probe_image(str(path)).format == kind
-    with imageio.open_region_reader(str(path), budget) as reader:
+    monkeypatch.setattr(images.storage, "open_input", lambda uri: local.open_input_file(uri))
+    assert images.probe_image(str(path)).format == kind
+    with images.open_region_reader(str(path), budget) as reader:
         assert np.array_equal(reader.read_region(20, 60, 10, 100), expected[20:60, 10:100])
         assert np.array_equal(reader.read_region(100, 150, 0, 120), expected[100:150])

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from stlake import panel as panel_mod
-from stlake import schemas, tables
-from stlake.pairs import build_pairs
+from stlake.derived import hvg as panel_mod
+from stlake.lake import schemas, tables
+from stlake.derived.pairs import build_pairs
 from stlake.stream import StreamSpec, make_loader, resolve_panel
 from stlake.testing import lake as tl
 
@@ -116,7 +116,7 @@ def test_panel_rows_keep_a_missing_species_null():
 
 def test_writer_starts_a_file_at_every_slide_change(tmp_path):
     """Rows sorted by slide within a partition: one file per run of a slide, however batches cut them."""
-    from stlake.sparkwrite import _writer, slide_runs
+    from stlake.sql.writer import _writer, slide_runs
     rows = pa.concat_tables([tl.pairs_rows(tl.FakeSlide(sid, i, base_spots=4), N_GENES)
                              for i, sid in enumerate(["s0", "s1", "s2"])]).combine_chunks()  # 4 + 4 + 4 rows
     batches = rows.to_batches(max_chunksize=6)  # s0 s0 s0 s0 s1 s1 | s1 s1 s2 s2 s2 s2

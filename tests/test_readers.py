@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stlake.readers import READERS, ReaderOptions, read_slide, st, stimage, visium, visiumhd
-from stlake.records import LAYOUTS, SlideError, SlideRef
+from stlake.ingestion.readers import READERS, ReaderOptions, read_slide, st, stimage, visium, visiumhd
+from stlake.ingestion.records import LAYOUTS, SlideError, SlideRef
 
 # ---------------------------------------------------------------- fixture builders
 
@@ -392,7 +392,7 @@ def check_against_truth(record, truth) -> None:
 
 
 def test_read_synthetic_dataset(synthetic_dataset):
-    from stlake.discover import discover
+    from stlake.ingestion.discover import discover
     from stlake.synth import load_truth
 
     out, summary = Path(synthetic_dataset["root"]), synthetic_dataset

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
 
-from stlake import storage
+from stlake.lake import storage
 from stlake.testing.s3server import S3Server, S3ServerError
 
 

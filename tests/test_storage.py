@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gzip
 
-from stlake import storage
+from stlake.lake import storage
 
 AWS_NAMES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP",
              *storage.LOCAL_CREDENTIALS)

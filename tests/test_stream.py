@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from stlake import panel as panel_mod
-from stlake import tables
+from stlake.derived import hvg as panel_mod
+from stlake.lake import tables
 from stlake.stream import StreamSpec, make_loader, resolve_panel
 from stlake.testing import lake as tl
 from stlake.stream.fs import petastorm_inputs

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from stlake import schemas, tables
+from stlake.lake import schemas, tables
 
 
 def expression_rows(slide: str, n: int, run: str = "r1") -> pa.Table:

@@ -374,14 +374,14 @@ def test_glue_columns_match_stlake_schemas(tf):
     pytest.importorskip("pyarrow")
     sys.path.insert(0, str(ROOT / "lib"))
     try:
-        from stlake.schemas import TABLES as SCHEMAS
+        from stlake.lake.schemas import TABLES as SCHEMAS
     finally:
         sys.path.remove(str(ROOT / "lib"))
     declared = tf.locals["delta_tables"]
     assert set(declared) == set(SCHEMAS)
     for name, schema in SCHEMAS.items():
         expected = [[f.name, _hive_type(f.type)] for f in schema]
-        assert [list(c) for c in declared[name]] == expected, f"Glue columns of {name} drifted from stlake.schemas"
+        assert [list(c) for c in declared[name]] == expected, f"Glue columns of {name} drifted from stlake.lake.schemas"
 
 
 def test_athena_workgroup_enforced_and_kms_encrypted(tf):

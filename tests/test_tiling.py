@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from stlake import imageio, tiling
-from stlake.tiling import TileSpec
+from stlake.ingestion import images, tiling
+from stlake.ingestion.tiling import TileSpec
 from imagedata import coord_image
 
 
@@ -44,7 +44,7 @@ def test_tiles_at_exact_positions(tmp_path, kind, budget, size):
     x, y = spots(h, w, 150)
     x[:3], y[:3] = [0.0, 516.9, 250.5], [0.2, 332.6, 100.49]  # corners, and .5 rounding up
     spec = TileSpec(size_px=size, encoding="png")
-    with imageio.open_region_reader(path, budget) as reader:
+    with images.open_region_reader(path, budget) as reader:
         tiles, dropped = tiling.cut_tiles(reader, x, y, spec, budget)
         assert reader.peak_decoded_bytes <= budget
     assert len(dropped) == 0 and [t.index for t in tiles] == list(range(150))
@@ -64,7 +64,7 @@ def test_padding_is_white_and_drop_reports(tmp_path):
     image = coord_image(120, 160)
     path = write(tmp_path / "s.png", image, "png")
     x, y = np.array([3.0, 80.0, 158.0, 80.0]), np.array([4.0, 60.0, 60.0, 118.0])
-    with imageio.open_region_reader(path) as reader:
+    with images.open_region_reader(path) as reader:
         tiles, dropped = tiling.cut_tiles(reader, x, y, TileSpec(20, encoding="png"), 1 << 30)
         assert [t.padded for t in tiles] == [True, False, True, True] and len(dropped) == 0
         corner = decode(tiles[0].data)
@@ -79,7 +79,7 @@ def test_resize_and_jpeg_quality(tmp_path):
     image = cv2.GaussianBlur(coord_image(300, 300), (0, 0), 2)
     path = write(tmp_path / "s.png", image, "png")
     x, y = np.array([100.0, 150.0]), np.array([120.0, 200.0])
-    with imageio.open_region_reader(path) as reader:
+    with images.open_region_reader(path) as reader:
         for resize in (224, 32, 64):
             tiles, _ = tiling.cut_tiles(reader, x, y, TileSpec(64, resize_px=resize), 1 << 30)
             for tile in tiles:
@@ -125,7 +125,7 @@ def test_tile_carries_tissue_fraction(tmp_path):
     image = np.full((200, 200, 3), 255, np.uint8)
     image[:, 100:] = (200, 120, 230)
     path = write(tmp_path / "s.png", image, "png")
-    with imageio.open_region_reader(path) as reader:
+    with images.open_region_reader(path) as reader:
         tiles, _ = tiling.cut_tiles(reader, np.array([50.0, 150.0, 100.0]), np.array([100.0] * 3),
                                     TileSpec(40), 1 << 30)
     assert [round(t.tissue_fraction, 3) for t in tiles] == [0.0, 1.0, 0.5]
@@ -140,12 +140,12 @@ def test_giant_png_within_budget_matches_unlimited(tmp_path):
     x, y = gx.ravel(), gy.ravel()
     spec = TileSpec(size_px=96, encoding="png")
     budget = 16 << 20
-    with imageio.open_region_reader(path, budget) as reader:
+    with images.open_region_reader(path, budget) as reader:
         assert reader.streaming
         small, _ = tiling.cut_tiles(reader, x, y, spec, budget)
         assert 0 < reader.peak_decoded_bytes <= budget
         assert reader.restarts == 0
-    with imageio.open_region_reader(path, 1 << 30) as reader:
+    with images.open_region_reader(path, 1 << 30) as reader:
         full, _ = tiling.cut_tiles(reader, x, y, spec, 1 << 30)
         assert reader.peak_decoded_bytes == h * w * 3
     assert len(small) == len(x) and any(t.padded for t in small)
@@ -158,7 +158,7 @@ def test_tiled_tiff_cut_within_budget(tmp_path):
     path = write(tmp_path / "big.tif", image, "tiff")
     x, y = spots(h, w, 300, seed=3)
     budget = 1_500_000
-    with imageio.open_region_reader(path, budget) as reader:
+    with images.open_region_reader(path, budget) as reader:
         tiles, _ = tiling.cut_tiles(reader, x, y, TileSpec(50, encoding="png"), budget)
         assert reader.peak_decoded_bytes <= budget
     for tile in tiles[::7]:

@@ -424,10 +424,10 @@ def test_train_command_and_job_script_help():
 @pytest.fixture(scope="module")
 def small_lake(spark, tmp_path_factory) -> str:
     """synth (small) -> Spark ingest -> pairs -> a 64-gene HVG panel."""
-    from stlake.ingest import ingest
-    from stlake.options import IngestOptions
-    from stlake.pairs import build_pairs
-    from stlake.panel import compute_hvg
+    from stlake.ingestion.driver import ingest
+    from stlake.ingestion.options import IngestOptions
+    from stlake.derived.pairs import build_pairs
+    from stlake.derived.hvg import compute_hvg
     from stlake.synth import generate
     root = tmp_path_factory.mktemp("train-lake")
     generate(str(root / "synth"), size="small")

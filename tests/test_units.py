@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from stlake import expression, genes, plan, units
-from stlake.imageio import ImageInfo
-from stlake.options import IngestOptions
-from stlake.readers.common import make_spots
-from stlake.records import ExpressionSource, SlideRecord, SlideRef
+from stlake.ingestion import matrices, plan, units
+from stlake.lake import genes
+from stlake.ingestion.images import ImageInfo
+from stlake.ingestion.options import IngestOptions
+from stlake.ingestion.readers.common import make_spots
+from stlake.ingestion.records import ExpressionSource, SlideRecord, SlideRef
 
 
 def test_rows_of_spots_not_on_the_slide_do_not_count(tmp_path):
@@ -15,7 +16,7 @@ def test_rows_of_spots_not_on_the_slide_do_not_count(tmp_path):
     matrix = tmp_path / "counts.csv"
     matrix.write_text(",A,B,C,D\ns1,2,0,0,1\nghost,0,7,9,0\ns2,3,0,0,0\n")
     source = ExpressionSource("dense_csv", str(matrix), {"sep": ","})
-    expr_plan = expression.plan_expression(source)
+    expr_plan = matrices.plan_expression(source)
     gene_map = genes.harmonise(expr_plan.genes, expr_plan.ensembl_ids, expr_plan.symbols, "human")
     unit = plan.ExprUnit("slide", "Visium", source, expr_plan, expr_plan.chunks[0], gene_map.gene_ids,
                          np.array(["s1", "s2"], dtype=object), 0)

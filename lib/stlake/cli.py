@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional
 
-from stlake.options import IngestOptions
+from stlake.ingestion.options import IngestOptions
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
 
@@ -46,7 +46,7 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from stlake.ingest import CommitFailed, ingest
+    from stlake.ingestion.driver import CommitFailed, ingest
     from stlake.spark import spark_session
     try:
         report = ingest(spark_session("stlake-ingest", args.master), options_from_args(args))
@@ -66,7 +66,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from stlake import schemas, tables
+    from stlake.lake import schemas, tables
     for name in schemas.TABLES:
         table = tables.open_table(args.lake, name)
         if table is not None:

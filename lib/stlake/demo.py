@@ -10,7 +10,7 @@ import argparse
 import os
 import tempfile
 
-from stlake import queries
+from stlake.sql import queries
 from stlake.spark import spark_session
 from stlake.sql import register_views
 
@@ -43,7 +43,7 @@ def show_stream(lake: str) -> None:
 
 def upload_folder(local_dir: str, uri: str) -> int:
     """Copy a local folder to an ``s3://`` prefix, one object per file; returns the number of files."""
-    from stlake import storage
+    from stlake.lake import storage
     count = 0
     for folder, _, names in os.walk(local_dir):
         for name in names:
@@ -56,8 +56,8 @@ def upload_folder(local_dir: str, uri: str) -> int:
 
 def run_s3_demo(data_dir: str) -> None:
     """Start SeaweedFS on 127.0.0.1, upload ``data_dir``, ingest into the bucket, query and stream from it."""
-    from stlake.ingest import ingest
-    from stlake.options import IngestOptions
+    from stlake.ingestion.driver import ingest
+    from stlake.ingestion.options import IngestOptions
     from stlake.testing.s3server import S3Server
     with tempfile.TemporaryDirectory(prefix="stlake-s3-") as server_dir, \
             S3Server(server_dir, buckets=["lake"]) as server:

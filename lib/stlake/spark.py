@@ -8,7 +8,7 @@ from typing import Optional
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
-from stlake.storage import LOCAL_CREDENTIALS, STORAGE_SETTINGS
+from stlake.lake.storage import LOCAL_CREDENTIALS, STORAGE_SETTINGS
 
 LOCAL_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",

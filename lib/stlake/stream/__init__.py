@@ -7,8 +7,8 @@
         for batch in loader:   # {"image": B x 3 x S x S, "expression": B x G, "slide_id", "spot_id", "label"}
             ...
 
-The ``pairs`` table it reads is built by :func:`stlake.pairs.build_pairs` (``stlake pairs``); stored
-panels such as ``hvg256`` by :func:`stlake.panel.compute_hvg` (``stlake hvg``). torch, OpenCV and
+The ``pairs`` table it reads is built by :func:`stlake.derived.pairs.build_pairs` (``stlake pairs``); stored
+panels such as ``hvg256`` by :func:`stlake.derived.hvg.compute_hvg` (``stlake hvg``). torch, OpenCV and
 Petastorm are imported on first use, so ``stlake.cli`` stays light.
 """
 from stlake.stream.spec import StreamSpec

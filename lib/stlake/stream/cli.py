@@ -79,7 +79,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from stlake.pairs import build_pairs
+    from stlake.derived.pairs import build_pairs
     from stlake.spark import spark_session
     version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids)
     print(f"pairs: version {version}")
@@ -87,7 +87,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_hvg(args: argparse.Namespace) -> int:
-    from stlake.panel import compute_hvg
+    from stlake.derived.hvg import compute_hvg
     from stlake.spark import spark_session
     rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
                        min_spots=args.min_spots)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from stlake import tables
+from stlake.lake import tables
 
 DEMO_PANEL_K = 256
 
 
 def ensure_pairs_and_panel(lake: str, k: int = DEMO_PANEL_K, spark=None) -> str:
     """Build the ``pairs`` table and the ``hvg{k}`` panel with Spark unless they exist; the panel name."""
-    from stlake.panel import panel_names
+    from stlake.derived.hvg import panel_names
     name = f"hvg{k}"
     need_pairs = tables.open_table(lake, "pairs") is None
     need_panel = name not in panel_names(lake)
@@ -18,10 +18,10 @@ def ensure_pairs_and_panel(lake: str, k: int = DEMO_PANEL_K, spark=None) -> str:
         from stlake.spark import spark_session
         spark = spark or spark_session("stlake-demo-stream")
         if need_pairs:
-            from stlake.pairs import build_pairs
+            from stlake.derived.pairs import build_pairs
             print(f"building pairs: version {build_pairs(spark, lake)}")
         if need_panel:
-            from stlake.panel import compute_hvg
+            from stlake.derived.hvg import compute_hvg
             print(f"computing {name}: {compute_hvg(spark, lake, k=k).num_rows} genes")
     return name
 

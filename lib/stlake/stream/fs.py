@@ -6,7 +6,7 @@ legacy ``pyarrow.filesystem.FileSystem``: a ``pyarrow.fs`` filesystem raises "va
 supported". For any scheme other than ``file``/``hdfs`` Petastorm also resolves paths through fsspec,
 which needs ``s3fs`` for ``s3://`` (not in our pins). So every file is handed over as a ``file://``
 URL and served by :class:`ArrowLegacyFileSystem`, a legacy-filesystem adapter over the pyarrow
-filesystem of :func:`stlake.storage.filesystem` (local, or S3 with the usual AWS credential chain):
+filesystem of :func:`stlake.lake.storage.filesystem` (local, or S3 with the usual AWS credential chain):
 ``file:///bucket/key`` maps to ``bucket/key`` on S3. The files come from the Delta log, so they are
 known to exist: ``isfile`` answers from that list without one request per file.
 """
@@ -17,7 +17,7 @@ from typing import Optional
 import pyarrow.fs as pafs
 from pyarrow import filesystem as legacyfs
 
-from stlake import storage
+from stlake.lake import storage
 
 
 class ArrowLegacyFileSystem(legacyfs.FileSystem):

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from stlake import tables
-from stlake.genes import UNKNOWN_SPECIES, gene_key
+from stlake.lake import tables
+from stlake.lake.genes import UNKNOWN_SPECIES, gene_key
 from stlake.stream.spec import DEFAULT_PANEL, StreamSpec
 
 
@@ -97,7 +97,7 @@ def explicit_panel(lake: str, items: Sequence, species: Optional[Sequence[str]] 
 
 def stored_panel(lake: str, name: str, species: Optional[Sequence[str]] = None) -> Panel:
     """Columns of a stored panel (``gene_panels``), ordered by (rank, species)."""
-    from stlake.panel import read_panel
+    from stlake.derived.hvg import read_panel
     rows = read_panel(lake, name)
     if species:
         keep = [s in set(species) for s in rows.column("species").to_pylist()]

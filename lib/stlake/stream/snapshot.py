@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stlake import storage, tables
+from stlake.lake import storage, tables
 from stlake.stream.spec import StreamSpec
 
 # spec field -> table column, for the set-valued filters

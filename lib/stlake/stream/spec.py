@@ -100,7 +100,7 @@ def normalised_species(species: Optional[Sequence[Optional[str]]]) -> Optional[l
     """Species names as the lake stores them (``Homo sapiens`` -> ``human``, see ``genes.normalise_species``)."""
     if species is None:
         return None
-    from stlake.genes import normalise_species  # imported here: numpy/pandas stay out of `stlake --help`
+    from stlake.lake.genes import normalise_species  # imported here: numpy/pandas stay out of `stlake --help`
     return [normalise_species(s) for s in species]
 
 

@@ -3,7 +3,7 @@
 Spot ``j`` of slide number ``i``: its tile is a flat colour that encodes the spot
 (:func:`spot_color`), its counts follow :func:`spot_counts`; both are pure functions, so a test can
 recompute what the reader must return for any row. Rows are built the way production builds them:
-genes harmonised by :mod:`stlake.genes` (like 10x features: symbol + Ensembl id) and merged with
+genes harmonised by :mod:`stlake.lake.genes` (like 10x features: symbol + Ensembl id) and merged with
 ``merge_gene_rows``, species normalised, and ``pairs`` rows joined from the source tables.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from stlake import genes as genes_mod
-from stlake import pairs, schemas, tables
+from stlake.lake import genes as genes_mod
+from stlake.derived import pairs
+from stlake.lake import schemas, tables
 
 LABELS = ("tumor", "stroma", None)
 
@@ -90,7 +91,7 @@ def tile_bytes(color: tuple[int, int, int], size: int, fmt: str = "jpeg", noise:
 
 def pairs_rows(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16,
                extra_counts: Optional[dict[int, list[int]]] = None) -> pa.Table:
-    """The ``pairs`` rows of one slide: its :func:`source_tables` joined as :mod:`stlake.pairs` joins them."""
+    """The ``pairs`` rows of one slide: its :func:`source_tables` joined as :mod:`stlake.derived.pairs` joins them."""
     parts = source_tables(slide, n_genes, tile_px, extra_counts=extra_counts)
     spots, expression = parts["spots"], parts["expression"]
     position = {spot: i for i, spot in enumerate(expression.column("spot_id").to_pylist())}

@@ -124,7 +124,7 @@ def pinned_snapshot(lake: str, table: str) -> tuple[int, list[str]]:
     """
     import torch
 
-    from stlake import tables
+    from stlake.lake import tables
     from stlake.train import distributed
     shared: list = [None, []]
     if distributed.is_main_process():

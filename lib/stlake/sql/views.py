@@ -12,7 +12,7 @@ from typing import Optional
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from stlake import schemas, storage, tables
+from stlake.lake import schemas, storage, tables
 from stlake.spark import forward_storage_environment, has_delta_spark, has_s3a
 
 
@@ -45,7 +45,7 @@ def read_table(spark: SparkSession, lake: str, name: str, route: Optional[str] =
     if not files:
         return spark.createDataFrame([], schema)
     if route == "snapshot-pyarrow":
-        from stlake.sparksource import read_snapshot_files
+        from stlake.sql.datasource import read_snapshot_files
         return read_snapshot_files(spark, files, schemas.TABLES[name])
     return spark.read.schema(schema).parquet(*[spark_uri(f) for f in files])
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stlake import schemas, tables
+from stlake.lake import schemas, tables
 from stlake.stream.spec import DEFAULT_TARGET_SUM
 
 MAX_BINS = 20

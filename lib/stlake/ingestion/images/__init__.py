@@ -38,8 +38,8 @@ from typing import BinaryIO, Iterator, Optional  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stlake import storage  # noqa: E402
-from stlake.records import SlideError  # noqa: E402
+from stlake.lake import storage  # noqa: E402
+from stlake.ingestion.records import SlideError  # noqa: E402
 
 DEFAULT_BUDGET = 4 * 1024 ** 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -358,11 +358,11 @@ def open_region_reader(uri: str, budget_bytes: int = DEFAULT_BUDGET) -> RegionRe
 
 # ----------------------------------------------------------------------------- PNG streaming
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
     return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))))
 
 
-_IEND = _png_chunk(b"IEND", b"")
+IEND_CHUNK = png_chunk(b"IEND", b"")
 
 
 class _PngStreamReader(RegionReader):
@@ -476,7 +476,7 @@ class _PngStreamReader(RegionReader):
         h = self._h
         payload = zlib.compress(b"".join((b"\x00", self._prev, self._filtered(n * (h.rowbytes + 1)))), 0)
         ihdr = struct.pack(">IIBBBBB", h.width, n + 1, h.depth, self._mini_type, 0, 0, 0)
-        png = b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", payload), _IEND))
+        png = b"".join((PNG_SIGNATURE, png_chunk(b"IHDR", ihdr), png_chunk(b"IDAT", payload), IEND_CHUNK))
         del payload
         rows = _imdecode(png, cv2.IMREAD_UNCHANGED)
         if rows is None or rows.shape[0] != n + 1:

@@ -1,7 +1,7 @@
 """Slide discovery: a manifest (CSV / YAML) or a scanned root folder -> ``SlideRef`` list.
 
 Discovery is cheap: it lists folders and checks names, reading at most the STimage meta CSV and the
-manifest. Everything goes through :mod:`stlake.storage`, so ``s3://`` roots work like local folders.
+manifest. Everything goes through :mod:`stlake.lake.storage`, so ``s3://`` roots work like local folders.
 
 Scanning (depth <= 4 below the root) recognises, in this order:
 
@@ -20,10 +20,10 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from stlake import storage
-from stlake.readers import st, stimage, visium, visiumhd
-from stlake.readers.common import read_csv
-from stlake.records import LAYOUTS, TECHNOLOGIES, SlideRef
+from stlake.lake import storage
+from stlake.ingestion.readers import st, stimage, visium, visiumhd
+from stlake.ingestion.readers.common import read_csv
+from stlake.ingestion.records import LAYOUTS, TECHNOLOGIES, SlideRef
 
 log = logging.getLogger(__name__)
 

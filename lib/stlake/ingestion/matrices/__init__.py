@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from stlake import storage
-from stlake.records import ExpressionSource, SlideError
+from stlake.lake import storage
+from stlake.ingestion.records import ExpressionSource, SlideError
 
 MAX_BATCH_ROWS = 4096  # rows of one SparseBatch
 MAX_BATCH_NNZ = 1 << 22  # non-zeros of one SparseBatch (~32 MB of index + count arrays)

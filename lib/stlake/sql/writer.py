@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
-from stlake import schemas, tables
+from stlake.lake import schemas, tables
 
 SLIDE_COLUMN = "slide_id"
 FILE_ROW = pa.schema([("table", pa.string()), ("path", pa.string()), ("size", pa.int64()),

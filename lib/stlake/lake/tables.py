@@ -23,7 +23,7 @@ from deltalake import CommitProperties, DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-from stlake import schemas, storage
+from stlake.lake import schemas, storage
 
 MAX_COMMIT_ATTEMPTS = 20
 _STATS_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp)

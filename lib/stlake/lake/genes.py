@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from stlake import schemas
+from stlake.lake import schemas
 
 if TYPE_CHECKING:
-    from stlake.expression import SparseBatch
+    from stlake.ingestion.matrices import SparseBatch
 
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$", re.IGNORECASE)
 SPECIES_ALIASES = {

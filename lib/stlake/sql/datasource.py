@@ -35,7 +35,7 @@ class SnapshotReader(DataSourceReader):
         return [FilePartition(uri) for uri in self.files]
 
     def read(self, partition: FilePartition) -> Iterator[pa.RecordBatch]:
-        from stlake import storage
+        from stlake.lake import storage
         fs, path = storage.filesystem(partition.uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)

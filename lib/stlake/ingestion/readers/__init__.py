@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from stlake.readers import st, stimage, visium, visiumhd
-from stlake.readers.common import ReaderOptions
-from stlake.records import SlideRecord, SlideRef
+from stlake.ingestion.readers import st, stimage, visium, visiumhd
+from stlake.ingestion.readers.common import ReaderOptions
+from stlake.ingestion.records import SlideRecord, SlideRef
 
 READERS: dict[str, Callable[[SlideRef, Optional[ReaderOptions]], SlideRecord]] = {
     "stimage": stimage.read,

@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from stlake import genes, schemas, tables
-from stlake.discover import discover
-from stlake.options import IngestOptions
-from stlake.plan import SlidePlan, fill_cores, plan_slide
-from stlake.records import SlideRef
+from stlake.lake import genes, schemas, tables
+from stlake.ingestion.discover import discover
+from stlake.ingestion.options import IngestOptions
+from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
+from stlake.ingestion.records import SlideRef
 from stlake.spark import forward_storage_environment
-from stlake.units import UnitResult, run_unit
+from stlake.ingestion.units import UnitResult, run_unit
 
 # Commit order: the slides row is the last thing to land for a slide.
 COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "rejects")

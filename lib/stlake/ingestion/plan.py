@@ -15,10 +15,11 @@ from typing import Optional, Union
 import numpy as np
 import pyarrow as pa
 
-from stlake import expression, genes, imageio, tiling
-from stlake.options import IngestOptions
-from stlake.readers import ReaderOptions, read_slide
-from stlake.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+from stlake.ingestion import matrices, images, tiling
+from stlake.lake import genes
+from stlake.ingestion.options import IngestOptions
+from stlake.ingestion.readers import ReaderOptions, read_slide
+from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class ExprUnit:
     slide_id: str
     technology: str
     source: ExpressionSource
-    plan: expression.ExprPlan
-    chunk: expression.ExprChunk
+    plan: matrices.ExprPlan
+    chunk: matrices.ExprChunk
     gene_ids: np.ndarray  # global gene id per source column, -1 = dropped
     spot_ids: np.ndarray  # the slide's spots; rows of other ids are not kept
     index: int
@@ -58,7 +59,7 @@ class SlidePlan:
 
     ref: SlideRef
     record: Optional[SlideRecord] = None
-    image: Optional[imageio.ImageInfo] = None
+    image: Optional[images.ImageInfo] = None
     tile_size_px: int = 0
     gene_rows: Optional[pa.Table] = None
     units: list[Unit] = field(default_factory=list)
@@ -66,7 +67,7 @@ class SlidePlan:
     error: Optional[tuple[str, str, str]] = None  # (stage, reason, detail)
 
 
-def check_coords_inside(spots: Spots, image: imageio.ImageInfo) -> None:
+def check_coords_inside(spots: Spots, image: images.ImageInfo) -> None:
     """Every spot centre must lie inside the image."""
     outside = (spots.x < 0) | (spots.y < 0) | (spots.x >= image.width) | (spots.y >= image.height)
     if outside.any():
@@ -88,7 +89,7 @@ def tile_size(record: SlideRecord, options: IngestOptions) -> int:
     return max(1, int(round(record.spot_diameter_px)))
 
 
-def tile_units(record: SlideRecord, image: imageio.ImageInfo, size: int, options: IngestOptions) -> list[TileUnit]:
+def tile_units(record: SlideRecord, image: images.ImageInfo, size: int, options: IngestOptions) -> list[TileUnit]:
     """One unit per image region; random-access images split into bands, sequential codecs stay whole."""
     spec = tiling.TileSpec(size_px=size, resize_px=options.resize_px, border=options.border,
                            encoding=options.encoding, quality=options.quality)
@@ -108,7 +109,7 @@ def tile_units(record: SlideRecord, image: imageio.ImageInfo, size: int, options
 MIN_SPOTS_PER_TILE_TASK = 500
 
 
-def split_tile_unit(unit: TileUnit, image: imageio.ImageInfo) -> list[TileUnit]:
+def split_tile_unit(unit: TileUnit, image: images.ImageInfo) -> list[TileUnit]:
     """Two (or a few) regions of a random-access image in place of one; indices are renumbered later."""
     half = math.ceil(len(unit.spots) / 2)
     groups = tiling.split_spots_into_regions(unit.spots.y, unit.spec.size_px, image.width, image.height,
@@ -153,7 +154,7 @@ def fill_cores(plans: list[SlidePlan], cores: int) -> None:
 
 def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[ExprUnit], genes.GeneMap]:
     """One unit per chunk of the matrix, with the slide's columns mapped onto global gene ids."""
-    plan = expression.plan_expression(record.expression, options.expr_chunk_bytes)
+    plan = matrices.plan_expression(record.expression, options.expr_chunk_bytes)
     gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
     units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, plan, chunk,
                       gene_map.gene_ids, record.spots.spot_id, index)
@@ -169,7 +170,7 @@ def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
                                                bin_size_um=options.bin_size_um))
         if len(record.spots) == 0:
             raise SlideError("no_spots", "the slide has no (in-tissue) spots")
-        image = imageio.probe_image(record.image_uri)
+        image = images.probe_image(record.image_uri)
         check_coords_inside(record.spots, image)
         size = tile_size(record, options)
         expr_units, gene_map = expression_units(record, options)

@@ -1,7 +1,7 @@
 """Helpers shared by the slide readers: options, small-file parsing, validation, image lookup.
 
-Every file is opened through :mod:`stlake.storage`, so local paths and ``s3://`` URIs behave the same.
-Readers never decode images and never read expression matrices (see :mod:`stlake.records`).
+Every file is opened through :mod:`stlake.lake.storage`, so local paths and ``s3://`` URIs behave the same.
+Readers never decode images and never read expression matrices (see :mod:`stlake.ingestion.records`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable, Optional, TypeVar
 import numpy as np
 import pandas as pd
 
-from stlake import storage
-from stlake.records import SlideError, Spots
+from stlake.lake import storage
+from stlake.ingestion.records import SlideError, Spots
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from stlake.imageio import RegionReader
+from stlake.ingestion.images import RegionReader
 
 BORDERS = ("pad", "drop")
 ENCODINGS = ("jpeg", "png")

@@ -2,7 +2,7 @@
 
 Joined once by a small Spark job (``spots ⋈ expression ⋈ slides`` on ``(slide_id, spot_id)``), so the
 training stream reads one table and never joins per batch. Written with
-:func:`stlake.sparkwrite.write_dataframe`, which puts one slide in every file (as in every stlake
+:func:`stlake.sql.writer.write_dataframe`, which puts one slide in every file (as in every stlake
 table) and removes the rebuilt slides' previous rows in the same commit — re-running never duplicates.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Optional, Sequence
 
-from stlake import schemas
+from stlake.lake import schemas
 
 SPOT_COLUMNS = ["slide_id", "spot_id", "technology", "label", "tissue_fraction", "tile", "tile_format"]
 EXPRESSION_COLUMNS = ["slide_id", "spot_id", "gene_ids", "counts", "total_counts"]
@@ -46,8 +46,8 @@ def build_pairs(spark, lake: str, run_id: Optional[str] = None, slide_ids: Optio
     row is replaced (slides gone from the lake disappear from ``pairs`` too); otherwise the rows of the
     given slides are.
     """
-    from stlake import tables
-    from stlake.sparkwrite import write_dataframe
+    from stlake.lake import tables
+    from stlake.sql.writer import write_dataframe
     run_id = run_id or f"pairs-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     landed = tables.slide_ids(lake, "slides")
     chosen = landed if slide_ids is None else sorted(set(slide_ids) & set(landed))

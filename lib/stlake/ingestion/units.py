@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stlake import expression, genes, imageio, schemas, tables, tiling
-from stlake.plan import ExprUnit, TileUnit, Unit
+from stlake.ingestion import matrices, images, tiling
+from stlake.lake import genes, schemas, tables
+from stlake.ingestion.plan import ExprUnit, TileUnit, Unit
 
 
 @dataclass
@@ -79,7 +80,7 @@ def annotation_rows(unit: TileUnit, run_id: str) -> pa.Table:
 
 def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
     """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows."""
-    with imageio.open_region_reader(unit.image_uri, unit.budget) as reader:
+    with images.open_region_reader(unit.image_uri, unit.budget) as reader:
         tiles, dropped = tiling.cut_tiles(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget)
         peak = reader.peak_decoded_bytes
     tag = _tag(unit, run_id)
@@ -90,7 +91,7 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
                       padded_spots=sum(tile.padded for tile in tiles), peak_decoded_bytes=peak)
 
 
-def expression_rows(unit: ExprUnit, batch: expression.SparseBatch, keep: np.ndarray, columns: genes.GlobalColumns,
+def expression_rows(unit: ExprUnit, batch: matrices.SparseBatch, keep: np.ndarray, columns: genes.GlobalColumns,
                     run_id: str) -> pa.Table:
     """``expression`` rows of the ``keep`` rows of one batch (the slide's spots)."""
     gene_lists, count_lists = genes.to_global(batch, columns)
@@ -117,7 +118,7 @@ def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
     columns = genes.GlobalColumns.of(unit.gene_ids)
     slide_spots = unit.spot_ids.astype(str)
     parts, spot_ids, unknown = [], [], 0
-    for batch in expression.read_chunk(unit.source, unit.plan, unit.chunk):
+    for batch in matrices.read_chunk(unit.source, unit.plan, unit.chunk):
         keep = np.isin(batch.spot_ids.astype(str), slide_spots)
         parts.append(expression_rows(unit, batch, keep, columns, run_id))
         spot_ids.append(batch.spot_ids[keep].astype(str))
@@ -138,7 +139,7 @@ def run_unit(unit: Unit, lake: str, run_id: str) -> UnitResult:
         result = run_tile_unit(unit, lake, run_id) if isinstance(unit, TileUnit) else \
             run_expression_unit(unit, lake, run_id)
     except Exception as error:
-        from stlake.records import SlideError
+        from stlake.ingestion.records import SlideError
         if isinstance(error, SlideError):
             result = UnitResult(unit.slide_id, kind, error=(error.reason, error.detail))
         else:
