@@ -8,7 +8,7 @@ LAKE ?= lake
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo demo-s3 test test-slow test-all bench terraform-check clean
+.PHONY: venv demo demo-s3 test test-slow test-all lint bench terraform-check clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ demo-s3: venv
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q
+
+lint: venv
+	$(VENV)/bin/ruff check lib jobs bench tests
+	$(VENV)/bin/mypy
 
 test-slow: venv
 	$(PY) -m pytest -m slow -q

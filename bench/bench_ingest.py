@@ -288,7 +288,7 @@ TILER_LABELS = {"stlake": "stlake tiler", "naive": "naive (PIL, PNG/spot)", "cod
 # ---------------------------------------------------------------- unit-task profile (child)
 
 def profile_units(info: dict, top: int = 12) -> dict:
-    """cProfile of the slide's plan and of each unit task, run in one process (no Spark)."""
+    """CProfile of the slide's plan and of each unit task, run in one process (no Spark)."""
     import cProfile
     import pstats
 
@@ -417,8 +417,8 @@ class TreeSampler(threading.Thread):
 def run_ingest(info: dict, warm_dir: str, repeats: int, lakes: Path) -> dict:
     """Warm-up ingest of a small slide, then ``repeats`` timed ingests of the slide, each into a fresh lake."""
     import stlake.ingestion.driver as ingest_module
-    from stlake.lake import tables
     from stlake.ingestion.options import IngestOptions
+    from stlake.lake import tables
     from stlake.spark import spark_session
 
     stage_times: dict[str, float] = {}

@@ -35,8 +35,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from stlake.lake import schemas
-from stlake.lake import tables  # noqa: E402
+from stlake.lake import (
+    schemas,
+    tables,  # noqa: E402
+)
 from stlake.stream import StreamSpec, make_loader  # noqa: E402
 from stlake.stream.reader import default_decode_threads  # noqa: E402
 

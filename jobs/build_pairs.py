@@ -1,6 +1,6 @@
 """spark-submit entry point: spots ⋈ expression ⋈ slides -> the ``pairs`` training table.
 
-    spark-submit jobs/build_pairs.py --lake s3://bucket/lake [--slide ID ...]
+spark-submit jobs/build_pairs.py --lake s3://bucket/lake [--slide ID ...]
 """
 import sys
 

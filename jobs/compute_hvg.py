@@ -1,6 +1,6 @@
 """spark-submit entry point: top-k highly variable genes per species -> ``gene_panels`` (panel ``hvg{k}``).
 
-    spark-submit jobs/compute_hvg.py --lake s3://bucket/lake --k 256
+spark-submit jobs/compute_hvg.py --lake s3://bucket/lake --k 256
 """
 import sys
 

@@ -1,6 +1,6 @@
 """spark-submit entry point: raw slides -> the lake's Delta tables.
 
-    spark-submit jobs/ingest.py --source s3://bucket/raw --lake s3://bucket/lake [--resize 224 ...]
+spark-submit jobs/ingest.py --source s3://bucket/raw --lake s3://bucket/lake [--resize 224 ...]
 """
 import sys
 

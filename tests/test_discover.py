@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stlake.lake import storage
 from stlake.ingestion.discover import MAX_DEPTH, discover
 from stlake.ingestion.readers import ReaderOptions, read_slide, stimage, visium
+from stlake.lake import storage
 
 
 def _fixtures():

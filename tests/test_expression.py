@@ -11,8 +11,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from stlake.ingestion import matrices as ex
-from stlake.lake import storage
 from stlake.ingestion.records import ExpressionSource, SlideError
+from stlake.lake import storage
 
 
 def random_counts(n_spots: int = 60, n_genes: int = 25, seed: int = 0) -> pd.DataFrame:

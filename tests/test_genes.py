@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stlake.lake import genes, schemas
 from stlake.ingestion.matrices import SparseBatch
+from stlake.lake import genes, schemas
 
 
 def test_gene_key_strips_versions_and_folds_case():

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from imagedata import coord_image
 from stlake.ingestion import images
 from stlake.ingestion.records import SlideError
-from imagedata import coord_image
 
 
 def busy_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -10,11 +10,10 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from stlake.lake import genes, tables
-from stlake.sql import queries
 from stlake.ingestion.driver import ingest
 from stlake.ingestion.options import IngestOptions
-from stlake.sql import read_table, register_views, run_sql
+from stlake.lake import genes, tables
+from stlake.sql import queries, read_table, register_views, run_sql
 from stlake.synth import CORRUPT_SLIDES, generate, generate_stimage_slide, load_truth, locate_marker
 
 MARKER_CHECKS_PER_SLIDE = 150

@@ -8,8 +8,8 @@ import pyarrow.compute as pc
 import pytest
 
 from stlake.derived import hvg as panel_mod
-from stlake.lake import schemas, tables
 from stlake.derived.pairs import build_pairs
+from stlake.lake import schemas, tables
 from stlake.stream import StreamSpec, make_loader, resolve_panel
 from stlake.testing import lake as tl
 

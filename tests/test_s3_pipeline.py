@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from deltalake import DeltaTable
 
-from stlake.lake import storage, tables
 from stlake.demo import upload_folder
 from stlake.ingestion.driver import CommitFailed, ingest
 from stlake.ingestion.options import IngestOptions
+from stlake.lake import storage, tables
 from stlake.sql import run_sql, table_route
 from stlake.synth import CORRUPT_SLIDES
 

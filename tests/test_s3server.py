@@ -52,9 +52,9 @@ def test_boto3_round_trip(s3_server):
 
 
 def test_keys_are_required(s3_server):
+    import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
-    import boto3
 
     anonymous = boto3.session.Session().client(
         "s3", endpoint_url=s3_server.endpoint, region_name=s3_server.region,

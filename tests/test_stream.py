@@ -12,11 +12,11 @@ import torch
 from stlake.derived import hvg as panel_mod
 from stlake.lake import tables
 from stlake.stream import StreamSpec, make_loader, resolve_panel
-from stlake.testing import lake as tl
 from stlake.stream.fs import petastorm_inputs
 from stlake.stream.reader import RowBuffer
 from stlake.stream.snapshot import select_files
 from stlake.stream.transforms import densify, flatten_lists, jittered_planes
+from stlake.testing import lake as tl
 
 N_GENES = 30
 SLIDES = [tl.FakeSlide("a0", 0, "Visium"), tl.FakeSlide("a1", 1, "ST"),

@@ -15,8 +15,16 @@ import scipy.io
 import scipy.sparse as sp
 
 from stlake import synth
-from stlake.synth import (MARKER_SIDE, SIZES, decode_marker, generate, generate_stimage_slide, load_truth,
-                          locate_marker, marker_patch)
+from stlake.synth import (
+    MARKER_SIDE,
+    SIZES,
+    decode_marker,
+    generate,
+    generate_stimage_slide,
+    load_truth,
+    locate_marker,
+    marker_patch,
+)
 from stlake.synth.image import Markers, Renderer, Scene, render, write_png_stream
 from stlake.synth.markers import MARKER_HALF, MAX_CODE
 

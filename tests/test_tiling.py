@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from imagedata import coord_image
 from stlake.ingestion import images, tiling
 from stlake.ingestion.tiling import TileSpec
-from imagedata import coord_image
 
 
 def expected_tile(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:

@@ -15,12 +15,27 @@ import pytest
 import torch
 
 from stlake.train import distributed, job
-from stlake.train.loop import (OptimizerConfig, build_optimizer, checkpoint_path, cycle, load_checkpoint,
-                               lr_factor, model_from_checkpoint, train)
-from stlake.train.metrics import (embed, evaluate, fit_ridge, linear_probe, pearson_per_column,
-                                  retrieval_recall)
-from stlake.train.model import (LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, ClipModel, ModelConfig, ResNet18,
-                                build_model, clip_loss, count_parameters)
+from stlake.train.loop import (
+    OptimizerConfig,
+    build_optimizer,
+    checkpoint_path,
+    cycle,
+    load_checkpoint,
+    lr_factor,
+    model_from_checkpoint,
+    train,
+)
+from stlake.train.metrics import embed, evaluate, fit_ridge, linear_probe, pearson_per_column, retrieval_recall
+from stlake.train.model import (
+    LOGIT_SCALE_INIT,
+    LOGIT_SCALE_MAX,
+    ClipModel,
+    ModelConfig,
+    ResNet18,
+    build_model,
+    clip_loss,
+    count_parameters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES, N_GENES, SIZE, BATCH = 8, 24, 32, 32
@@ -424,10 +439,10 @@ def test_train_command_and_job_script_help():
 @pytest.fixture(scope="module")
 def small_lake(spark, tmp_path_factory) -> str:
     """synth (small) -> Spark ingest -> pairs -> a 64-gene HVG panel."""
+    from stlake.derived.hvg import compute_hvg
+    from stlake.derived.pairs import build_pairs
     from stlake.ingestion.driver import ingest
     from stlake.ingestion.options import IngestOptions
-    from stlake.derived.pairs import build_pairs
-    from stlake.derived.hvg import compute_hvg
     from stlake.synth import generate
     root = tmp_path_factory.mktemp("train-lake")
     generate(str(root / "synth"), size="small")

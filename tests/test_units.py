@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from stlake.ingestion import matrices, plan, units
-from stlake.lake import genes
 from stlake.ingestion.images import ImageInfo
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers.common import make_spots
 from stlake.ingestion.records import ExpressionSource, SlideRecord, SlideRef
+from stlake.lake import genes
 
 
 def test_rows_of_spots_not_on_the_slide_do_not_count(tmp_path):

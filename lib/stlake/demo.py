@@ -10,9 +10,8 @@ import argparse
 import os
 import tempfile
 
-from stlake.sql import queries
 from stlake.spark import spark_session
-from stlake.sql import register_views
+from stlake.sql import queries, register_views
 
 
 def show_sql(lake: str) -> None:

@@ -16,14 +16,15 @@ Space Ranger slide ids are the folder name, or the parent's name when the folder
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import yaml
 
-from stlake.lake import storage
 from stlake.ingestion.readers import st, stimage, visium, visiumhd
 from stlake.ingestion.readers.common import read_csv
 from stlake.ingestion.records import LAYOUTS, TECHNOLOGIES, SlideRef
+from stlake.lake import storage
 
 log = logging.getLogger(__name__)
 

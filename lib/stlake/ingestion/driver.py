@@ -10,21 +10,21 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from stlake.lake import genes, schemas, tables
 from stlake.ingestion.discover import discover
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
 from stlake.ingestion.records import SlideRef
-from stlake.spark import forward_storage_environment
 from stlake.ingestion.units import UnitResult, run_unit
+from stlake.lake import genes, schemas, tables
+from stlake.spark import forward_storage_environment
 
 # Commit order: the slides row is the last thing to land for a slide.
 COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "rejects")
@@ -204,7 +204,8 @@ def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFi
 def commit_table(lake: str, name: str, files: list[tables.DataFile], new_genes: list[pa.Table],
                  landed_ids: set[str], run_id: str) -> int | None:
     """One table's commit of a run (None when there is nothing to do): genes are merged, the
-    landed slides' old rows are replaced, rejects only ever appended."""
+    landed slides' old rows are replaced, rejects only ever appended.
+    """
     if name == "genes":
         if not new_genes:
             return None

@@ -15,11 +15,11 @@ from typing import Optional, Union
 import numpy as np
 import pyarrow as pa
 
-from stlake.ingestion import matrices, images, tiling
-from stlake.lake import genes
+from stlake.ingestion import images, matrices, tiling
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import ReaderOptions, read_slide
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+from stlake.lake import genes
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def _renumber_tiles(plan: SlidePlan) -> None:
 def fill_cores(plans: list[SlidePlan], cores: int) -> None:
     """Split the largest random-access tile units until there are ``cores`` tile units (or none is big
     enough): tiling is the heavy part, so a run of few large slides still keeps every core busy.
-    Changes ``plans`` in place."""
+    Changes ``plans`` in place.
+    """
     count = sum(isinstance(unit, TileUnit) for plan in plans if plan.error is None for unit in plan.units)
     changed: set[int] = set()
     while count < cores:

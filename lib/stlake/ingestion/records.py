@@ -63,7 +63,7 @@ class Spots:
     def __len__(self) -> int:
         return len(self.spot_id)
 
-    def take(self, index: np.ndarray) -> "Spots":
+    def take(self, index: np.ndarray) -> Spots:
         """The spots at ``index`` (int positions or bool mask), same order."""
         return Spots(*(getattr(self, name)[index] for name in SPOT_FIELDS))
 

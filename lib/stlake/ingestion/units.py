@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stlake.ingestion import matrices, images, tiling
-from stlake.lake import genes, schemas, tables
+from stlake.ingestion import images, matrices, tiling
 from stlake.ingestion.plan import ExprUnit, TileUnit, Unit
+from stlake.lake import genes, schemas, tables
 
 
 @dataclass

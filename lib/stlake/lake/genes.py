@@ -68,7 +68,7 @@ def gene_key(name: str, species: str) -> tuple[str, Optional[str], Optional[str]
 
 def gene_id(species: str, key: str) -> int:
     """Stable non-negative 63-bit id of (species, key): first 8 bytes of blake2b, big-endian."""
-    digest = hashlib.blake2b(f"{species.lower()}:{key}".encode("utf-8")).digest()
+    digest = hashlib.blake2b(f"{species.lower()}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
 
 
@@ -137,7 +137,7 @@ class GlobalColumns:
     ids: np.ndarray  # int64 global id of each rank, ascending
 
     @classmethod
-    def of(cls, gene_ids: np.ndarray) -> "GlobalColumns":
+    def of(cls, gene_ids: np.ndarray) -> GlobalColumns:
         """From ``GeneMap.gene_ids`` (global id per source column, -1 = dropped)."""
         gid = np.asarray(gene_ids, dtype=np.int64)
         valid = np.flatnonzero(gid >= 0)
@@ -147,7 +147,7 @@ class GlobalColumns:
         return cls(rank, gid[by_id])
 
 
-def to_global(batch: "SparseBatch", gene_ids: Union[np.ndarray, GlobalColumns]) -> tuple[pa.ListArray, pa.ListArray]:
+def to_global(batch: SparseBatch, gene_ids: Union[np.ndarray, GlobalColumns]) -> tuple[pa.ListArray, pa.ListArray]:
     """Per row: global gene ids ascending (int64 lists) and their counts (int32 lists), dropped columns removed.
 
     ``gene_ids`` is ``GeneMap.gene_ids`` (the global id of every source column, -1 for dropped ones) or,

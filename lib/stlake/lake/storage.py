@@ -11,8 +11,9 @@ import gzip
 import io
 import os
 import posixpath
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs

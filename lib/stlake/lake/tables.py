@@ -12,9 +12,10 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc

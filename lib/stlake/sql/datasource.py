@@ -8,7 +8,7 @@ executors' environment (the standard AWS chain), never from the query plan.
 from __future__ import annotations
 
 import json
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -10,7 +10,8 @@ changes (a hash partition may hold several slides).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa

@@ -8,7 +8,8 @@ one species at most one of them is present. A gene that is not in the lake gives
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ class Panel(tuple):
     """``(gene_ids, symbols)`` of the panel's columns; ``lookup_ids`` / ``lookup_cols`` map gene ids to columns."""
 
     def __new__(cls, gene_ids: np.ndarray, symbols: list, lookup_ids: Optional[np.ndarray] = None,
-                lookup_cols: Optional[np.ndarray] = None, name: Optional[str] = None) -> "Panel":
+                lookup_cols: Optional[np.ndarray] = None, name: Optional[str] = None) -> Panel:
         gene_ids = np.asarray(gene_ids, np.int64)
         self = super().__new__(cls, (gene_ids, list(symbols)))
         if lookup_ids is None:
@@ -63,7 +64,7 @@ def _key(item: object, species: str = UNKNOWN_SPECIES) -> str:
 
 
 def _index(genes: pa.Table) -> tuple[dict, dict]:
-    """name -> {species: gene id} (gene keys first, then symbols and Ensembl ids); gene id -> symbol."""
+    """Name -> {species: gene id} (gene keys first, then symbols and Ensembl ids); gene id -> symbol."""
     columns = [genes.column(c).to_pylist() for c in ("gene_id", "species", "gene_key", "symbol", "ensembl_id")]
     by_name: dict[str, dict[str, int]] = {}
     symbols: dict[int, str] = {}

@@ -7,8 +7,9 @@ then also checked per row only where some kept file's statistics cannot prove th
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -136,7 +137,7 @@ def read_columns(files: list[str], columns: list[str]) -> pa.Table:
 
 
 def median_total_counts(selection: Selection) -> float:
-    """scanpy's default ``target_sum``: the median of the positive total counts of the selected rows."""
+    """Scanpy's default ``target_sum``: the median of the positive total counts of the selected rows."""
     columns = ["total_counts", *selection.row_columns]
     rows = read_columns(selection.files, columns)
     if rows.num_rows == 0:

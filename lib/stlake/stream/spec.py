@@ -1,8 +1,9 @@
 """What to stream: one :class:`StreamSpec` holds every reader option (also exposed as CLI flags)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 NORMALIZE_MODES = ("none", "log1p", "normalize_total_log1p")
 IMAGE_DTYPES = ("uint8", "float32")

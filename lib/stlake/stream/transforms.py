@@ -12,9 +12,10 @@ ImageNet-normalised, per plane while it is still in cache). No pass over the who
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -81,7 +82,7 @@ class Geometry:
     rot90: np.ndarray  # quarter turns counter-clockwise, 0..3
 
     @classmethod
-    def random(cls, n: int, rng: np.random.Generator) -> "Geometry":
+    def random(cls, n: int, rng: np.random.Generator) -> Geometry:
         return cls(rng.random(n) < 0.5, rng.random(n) < 0.5, rng.integers(0, 4, n))
 
 
@@ -97,7 +98,7 @@ class Jitter:
     saturation: np.ndarray
 
     @classmethod
-    def random(cls, n: int, rng: np.random.Generator, strength: float = 0.2) -> "Jitter":
+    def random(cls, n: int, rng: np.random.Generator, strength: float = 0.2) -> Jitter:
         draw = lambda: rng.uniform(1 - strength, 1 + strength, n).astype(np.float32)  # noqa: E731
         return cls(draw(), draw(), draw())
 

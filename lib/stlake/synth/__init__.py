@@ -11,8 +11,16 @@ cut at the right place to the pixel.
 """
 from stlake.synth.expression import GeneUniverse, gene_universe
 from stlake.synth.image import DOMAINS, STREAM_PNG_PIXELS, Renderer, Scene, write_png_stream
-from stlake.synth.layouts import (CORRUPT_SLIDES, LAYOUTS, SIZES, Sizes, StimageSpec, generate,
-                                  generate_stimage_slide, get_sizes)
+from stlake.synth.layouts import (
+                                  CORRUPT_SLIDES,
+                                  LAYOUTS,
+                                  SIZES,
+                                  Sizes,
+                                  StimageSpec,
+                                  generate,
+                                  generate_stimage_slide,
+                                  get_sizes,
+)
 from stlake.synth.markers import MARKER_HALF, MARKER_SIDE, decode_marker, locate_marker, marker_patch
 from stlake.synth.truth import Truth, load_truth, truth_path
 

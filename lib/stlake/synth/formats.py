@@ -10,7 +10,8 @@ import gzip
 import io
 import json
 import os
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd

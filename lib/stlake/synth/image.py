@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -108,7 +109,7 @@ class Scene:
 
     @classmethod
     def build(cls, rng: np.random.Generator, width_um: float, height_um: float,
-              capture: tuple[float, float, float, float], coverage: float = 0.6) -> "Scene":
+              capture: tuple[float, float, float, float], coverage: float = 0.6) -> Scene:
         """A random scene; ``capture`` = (x0, y0, x1, y1) µm, ``coverage`` = tissue share of the capture area."""
         cell = max(width_um, height_um) / COARSE_CELLS
         hc, wc = int(np.ceil(height_um / cell)) + 1, int(np.ceil(width_um / cell)) + 1
@@ -383,7 +384,7 @@ class Markers:
     code: np.ndarray
 
     @classmethod
-    def none(cls) -> "Markers":
+    def none(cls) -> Markers:
         empty = np.zeros(0, np.int64)
         return cls(empty, empty, empty)
 

@@ -16,8 +16,9 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -25,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from stlake.synth.expression import (GeneUniverse, choose_genes, gene_universe, sample_counts)
-from stlake.synth.formats import (ensure_dir, open_text, write_10x_h5, write_10x_mtx, write_dense, write_json)
-from stlake.synth.image import (DOMAINS, Markers, Renderer, Scene, encode_image, render, write_image, write_tiff)
+from stlake.synth.expression import GeneUniverse, choose_genes, gene_universe, sample_counts
+from stlake.synth.formats import ensure_dir, open_text, write_10x_h5, write_10x_mtx, write_dense, write_json
+from stlake.synth.image import DOMAINS, Markers, Renderer, Scene, encode_image, render, write_image, write_tiff
 from stlake.synth.markers import MARKER_SIDE
 from stlake.synth.truth import Truth, save_truth, truth_path
 
@@ -402,7 +403,8 @@ def _hex_positions(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_visium(out_dir: str, sizes: Sizes, universe: GeneUniverse, seed: int, variant: int) -> SlideInfo:
     """``visium_1``: positions list (no header), HDF5 matrix, full-res ``image.tif`` + hires PNG.
-    ``visium_2``: ``tissue_positions.csv`` (header), MTX folder, only ``spatial/tissue_hires_image.png``."""
+    ``visium_2``: ``tissue_positions.csv`` (header), MTX folder, only ``spatial/tissue_hires_image.png``.
+    """
     slide_id = f"visium_{variant}"
     root = os.path.join(out_dir, "visium", slide_id)
     if os.path.isdir(root):

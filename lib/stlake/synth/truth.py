@@ -52,7 +52,7 @@ class Truth:
     def __len__(self) -> int:
         return len(self.spot_id)
 
-    def take(self, index: np.ndarray) -> "Truth":
+    def take(self, index: np.ndarray) -> Truth:
         """The truth restricted to spots ``index`` (positions or bool mask), same order."""
         return Truth(self.slide_id, self.layout, self.technology, self.spot_id[index], self.x[index], self.y[index],
                      self.code[index], list(self.gene_names), self.counts[index],

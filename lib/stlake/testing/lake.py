@@ -8,15 +8,16 @@ genes harmonised by :mod:`stlake.lake.genes` (like 10x features: symbol + Ensemb
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from stlake.lake import genes as genes_mod
 from stlake.derived import pairs
+from stlake.lake import genes as genes_mod
 from stlake.lake import schemas, tables
 
 LABELS = ("tumor", "stroma", None)

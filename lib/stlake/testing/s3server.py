@@ -25,22 +25,22 @@ import random
 import shlex
 import shutil
 import signal
-import stat
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from typing import Iterable
+from collections.abc import Iterable
 
 GRPC_OFFSET = 10000  # SeaweedFS opens a gRPC port at every HTTP port + 10000
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 _LOG_NAME = "weed.log"
 _DATA_NAME = "data"
 
-_running: set["S3Server"] = set()
+_running: set[S3Server] = set()
 _running_lock = threading.Lock()
 
 
@@ -188,7 +188,7 @@ class S3Server:
         # Unix socket paths must fit in sun_path (108 bytes).
         return len(os.path.join(self.directory, "filer.sock")) < 100
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         """Start the server and wait until it answers S3 requests (and the buckets exist)."""
         if self.running:
             return self
@@ -307,7 +307,7 @@ class S3Server:
                     except OSError:
                         pass
 
-    def restart(self) -> "S3Server":
+    def restart(self) -> S3Server:
         """Stop and start again on the same directory and ports; the data is kept."""
         self.stop()
         return self.start()
@@ -318,7 +318,7 @@ class S3Server:
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:

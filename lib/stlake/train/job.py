@@ -19,7 +19,8 @@ import argparse
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 from stlake.train import ENCODERS
 

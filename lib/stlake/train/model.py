@@ -43,7 +43,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         values = dict(values)
         values["gene_hidden"] = tuple(values.get("gene_hidden", ()))
         for key in ("image_mean", "image_std"):

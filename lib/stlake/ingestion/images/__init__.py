@@ -32,14 +32,15 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
 
 import struct  # noqa: E402
 import zlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import BinaryIO, Iterator, Optional  # noqa: E402
+from typing import BinaryIO, Optional
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from stlake.lake import storage  # noqa: E402
 from stlake.ingestion.records import SlideError  # noqa: E402
+from stlake.lake import storage  # noqa: E402
 
 DEFAULT_BUDGET = 4 * 1024 ** 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -284,7 +285,7 @@ class RegionReader(abc.ABC):
     def close(self) -> None:
         """Release file handles and caches."""
 
-    def __enter__(self) -> "RegionReader":
+    def __enter__(self) -> RegionReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -660,7 +661,7 @@ class _TiffLevel:
     def close(self) -> None:
         self.tif.close()
 
-    def __enter__(self) -> "_TiffLevel":
+    def __enter__(self) -> _TiffLevel:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,15 +26,16 @@ import gzip
 import io
 import re
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from stlake.lake import storage
 from stlake.ingestion.records import ExpressionSource, SlideError
+from stlake.lake import storage
 
 MAX_BATCH_ROWS = 4096  # rows of one SparseBatch
 MAX_BATCH_NNZ = 1 << 22  # non-zeros of one SparseBatch (~32 MB of index + count arrays)
@@ -431,7 +432,7 @@ def _conversion_failure(block: memoryview, names: list[str], genes: list[str], s
 
 
 def _parse_careful(block: memoryview, genes: list[str], sep: str, uri: str) -> SparseBatch:
-    """pyarrow parse of a block (quotes, signs, fractions, blanks), validated with precise errors."""
+    """Pyarrow parse of a block (quotes, signs, fractions, blanks), validated with precise errors."""
     names = [f"c{j}" for j in range(len(genes) + 1)]
     types = {name: pa.float64() for name in names[1:]}
     types[names[0]] = pa.string()
@@ -506,7 +507,7 @@ def _h5_file_object(native: BinaryIO, buffer_size: int = 1 << 18) -> io.Buffered
 
 
 @contextlib.contextmanager
-def _open_h5(uri: str) -> Iterator["object"]:
+def _open_h5(uri: str) -> Iterator[object]:
     import h5py
 
     if not storage.is_s3(uri):
@@ -517,7 +518,7 @@ def _open_h5(uri: str) -> Iterator["object"]:
         yield handle
 
 
-def _h5_group(handle: "object", uri: str) -> "object":
+def _h5_group(handle: object, uri: str) -> object:
     """``matrix`` (Cell Ranger 3+) or the single genome group of the v2 format."""
     if "matrix" in handle:
         return handle["matrix"]
@@ -531,7 +532,7 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _h5_features(group: "object") -> tuple[list[str], list[str], list[str]]:
+def _h5_features(group: object) -> tuple[list[str], list[str], list[str]]:
     """Feature ids, names and types (types all Gene Expression for the v2 format)."""
     if "features" in group:
         features = group["features"]

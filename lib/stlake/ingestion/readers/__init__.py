@@ -5,7 +5,8 @@ image and never read the expression matrix (the legacy ST reader reads the count
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from stlake.ingestion.readers import st, stimage, visium, visiumhd
 from stlake.ingestion.readers.common import ReaderOptions

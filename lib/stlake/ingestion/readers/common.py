@@ -6,14 +6,15 @@ Readers never decode images and never read expression matrices (see :mod:`stlake
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from stlake.lake import storage
 from stlake.ingestion.records import SlideError, Spots
+from stlake.lake import storage
 
 T = TypeVar("T")
 

@@ -15,10 +15,19 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from stlake.lake import storage
-from stlake.ingestion.readers.common import (ReaderOptions, as_float, check_unique, guarded, image_or_missing, make_spots,
-                                   preview, read_csv, require_columns)
+from stlake.ingestion.readers.common import (
+    ReaderOptions,
+    as_float,
+    check_unique,
+    guarded,
+    image_or_missing,
+    make_spots,
+    preview,
+    read_csv,
+    require_columns,
+)
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
+from stlake.lake import storage
 
 DETECTOR_COLUMNS = ("x", "y", "new_x", "new_y", "pixel_x", "pixel_y")
 SPOT_DIAMETER_UM = 100.0

@@ -16,10 +16,20 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from stlake.lake import storage
-from stlake.ingestion.readers.common import (ReaderOptions, as_float, as_ids, check_unique, guarded, image_or_missing,
-                                   make_spots, preview, read_csv, require_columns)
+from stlake.ingestion.readers.common import (
+    ReaderOptions,
+    as_float,
+    as_ids,
+    check_unique,
+    guarded,
+    image_or_missing,
+    make_spots,
+    preview,
+    read_csv,
+    require_columns,
+)
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
+from stlake.lake import storage
 
 TECH_FOLDERS = ("ST", "Visium", "VisiumHD")
 META_PATH = ("meta", "meta_all_gene.csv")

@@ -15,11 +15,23 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from stlake.lake import storage
-from stlake.ingestion.readers.common import (ReaderOptions, as_float, as_ids, check_unique, find_existing, find_fullres_image,
-                                   first_line, guarded, image_or_missing, make_spots, read_csv, read_json,
-                                   require_columns)
+from stlake.ingestion.readers.common import (
+    ReaderOptions,
+    as_float,
+    as_ids,
+    check_unique,
+    find_existing,
+    find_fullres_image,
+    first_line,
+    guarded,
+    image_or_missing,
+    make_spots,
+    read_csv,
+    read_json,
+    require_columns,
+)
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+from stlake.lake import storage
 
 POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv")

@@ -13,12 +13,24 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stlake.lake import storage
 from stlake.ingestion.readers.common import ReaderOptions, guarded
-from stlake.ingestion.readers.visium import (HIRES_IMAGE, POSITION_COLUMNS, choose_image, expression_source, find_matrix,
-                                   has_matrix, read_positions_csv, read_scalefactors, scale_factor, scaled,
-                                   spatial_files, spots_from_columns, with_fullres_image)
+from stlake.ingestion.readers.visium import (
+    HIRES_IMAGE,
+    POSITION_COLUMNS,
+    choose_image,
+    expression_source,
+    find_matrix,
+    has_matrix,
+    read_positions_csv,
+    read_scalefactors,
+    scale_factor,
+    scaled,
+    spatial_files,
+    spots_from_columns,
+    with_fullres_image,
+)
 from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
+from stlake.lake import storage
 
 BINNED = "binned_outputs"
 BIN_POSITION_FILES = ("tissue_positions.parquet", "tissue_positions.csv")
