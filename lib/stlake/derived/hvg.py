@@ -16,7 +16,6 @@ flavour, so one extreme gene cannot inflate its own bin's spread. Genes detected
 """
 from __future__ import annotations
 
-import uuid
 from typing import Optional
 
 import numpy as np
@@ -154,5 +153,5 @@ def compute_hvg(spark, lake: str, k: int = 256, name: Optional[str] = None, targ
     name = name or f"hvg{k}"
     ranked = rank_hvg(gene_stats(spark, lake, target_sum), k, min_spots)
     rows = panel_rows(name, ranked, tables.read_table(lake, "genes", columns=["gene_id", "symbol"]))
-    write_panel(lake, name, rows, run_id or f"hvg-{uuid.uuid4().hex[:8]}")
+    write_panel(lake, name, rows, run_id or tables.new_run_id("hvg"))
     return rows

@@ -7,8 +7,6 @@ table) and removes the rebuilt slides' previous rows in the same commit — re-r
 """
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
 from typing import Optional
 
@@ -49,7 +47,7 @@ def build_pairs(spark, lake: str, run_id: Optional[str] = None, slide_ids: Optio
     """
     from stlake.lake import tables
     from stlake.sql.writer import write_dataframe
-    run_id = run_id or f"pairs-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = run_id or tables.new_run_id("pairs")
     landed = tables.slide_ids(lake, "slides")
     chosen = landed if slide_ids is None else sorted(set(slide_ids) & set(landed))
     frame = pairs_frame(spark, lake, None if slide_ids is None else chosen) if chosen else empty_frame(spark)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -73,10 +72,6 @@ class IngestReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 # ---------------------------------------------------------------- Spark stages
@@ -249,7 +244,7 @@ def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, 
 
 def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None) -> IngestReport:
     """Run the whole ingest job; returns what landed, what was rejected and why."""
-    started, run_id = time.time(), run_id or new_run_id()
+    started, run_id = time.time(), run_id or tables.new_run_id()
     forward_storage_environment(spark)
     refs = discover(options.source, options.layouts)
     plans = plan_slides(spark, refs, options)

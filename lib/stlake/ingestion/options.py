@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+#: Bytes of decoded image / parsed matrix one task may hold, unless ``--memory-budget`` says otherwise.
+DEFAULT_MEMORY_BUDGET = 4 << 30
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     """What to ingest, where to, and how to cut tiles and split work."""
@@ -17,7 +21,7 @@ class IngestOptions:
     border: str = "pad"  # "pad" or "drop" spots whose square leaves the image
     encoding: str = "jpeg"  # "jpeg" or "png"
     quality: int = 90  # JPEG quality
-    memory_budget: int = 4 << 30  # bytes of decoded image / parsed matrix one task may hold
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of decoded image / parsed matrix one task may hold
     expr_chunk_bytes: int = 64 << 20  # dense-CSV byte range per expression task
     max_spots_per_task: int = 20_000  # split a slide's tiles into tasks of at most this many spots
     bin_size_um: int = 8  # VisiumHD bin size

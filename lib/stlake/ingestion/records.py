@@ -6,12 +6,14 @@ work units (planner) -> Parquet files + Delta add actions (Spark tasks) -> one c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 LAYOUTS = ("stimage", "visium", "visiumhd", "st")
 TECHNOLOGIES = ("ST", "Visium", "VisiumHD")
+#: Count-matrix formats (one module each in :mod:`stlake.ingestion.matrices`).
+MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
 
 
 class SlideError(Exception):
@@ -81,7 +83,7 @@ class ExpressionSource:
     ``Spots``.
     """
 
-    kind: str
+    kind: MatrixKind
     uri: str
     options: dict = field(default_factory=dict)
 

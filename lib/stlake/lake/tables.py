@@ -291,3 +291,9 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
             raise
 
     return _with_retries(table_name, attempt_commit)
+
+
+def new_run_id(kind: str = "") -> str:
+    """A sortable, unique run id: ``[kind-]20261201T101500Z-1a2b3c`` (UTC time + 6 random hex digits)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return f"{kind}-{stamp}" if kind else stamp

@@ -19,7 +19,12 @@ READERS: dict[str, Callable[[SlideRef, Optional[ReaderOptions]], SlideRecord]] =
     "st": st.read,
 }
 
-__all__ = ["READERS", "ReaderOptions", "read_slide"]
+__all__ = ["READERS", "ReaderOptions", "layout_names", "read_slide"]
+
+
+def layout_names() -> tuple[str, ...]:
+    """The names of every registered input layout, in registry order."""
+    return tuple(READERS)
 
 
 def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
