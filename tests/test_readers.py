@@ -13,8 +13,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stlake.ingestion.readers import READERS, ReaderOptions, read_slide, st, stimage, visium, visiumhd
-from stlake.ingestion.records import LAYOUTS, SlideError, SlideRef
+from stlake.ingestion.readers import (
+    LAYOUTS,
+    ReaderOptions,
+    layout_names,
+    read_slide,
+    st,
+    stimage,
+    technologies,
+    visium,
+    visiumhd,
+)
+from stlake.ingestion.records import SlideError, SlideRef
 
 # ---------------------------------------------------------------- fixture builders
 
@@ -359,8 +369,9 @@ def test_st_explicit_paths_plain_tsv_and_duplicates(tmp_path):
 
 
 def test_read_slide_dispatch():
-    assert READERS == {"stimage": stimage.read, "visium": visium.read, "visiumhd": visiumhd.read, "st": st.read}
-    assert tuple(READERS) == LAYOUTS
+    assert {name: layout.read for name, layout in LAYOUTS.items()} == {
+        "stimage": stimage.read, "visium": visium.read, "visiumhd": visiumhd.read, "st": st.read}
+    assert layout_names() == ("stimage", "visium", "visiumhd", "st") and technologies() == ("ST", "Visium", "VisiumHD")
     with pytest.raises(ValueError, match="unknown layout"):
         read_slide(SlideRef("x", "nope", "Visium", {}))
 

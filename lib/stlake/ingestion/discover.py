@@ -3,15 +3,10 @@
 Discovery is cheap: it lists folders and checks names, reading at most the STimage meta CSV and the
 manifest. Everything goes through :mod:`stlake.lake.storage`, so ``s3://`` roots work like local folders.
 
-Scanning (depth <= 4 below the root) recognises, in this order:
-
-* an STimage-1K4M release: ``meta/meta_all_gene.csv`` or ``{ST,Visium,VisiumHD}/coord/``
-  (one slide per ``{tech}/coord/{slide}_coord.csv``);
-* a VisiumHD slide: a ``binned_outputs/`` folder;
-* a Space Ranger Visium slide: ``spatial/scalefactors_json.json`` plus a feature-barcode matrix;
-* a legacy ST slide: a ``*spot_detector*.tsv``, a counts ``*.tsv``/``*.tsv.gz`` and a ``*.jpg``.
-
-Space Ranger slide ids are the folder name, or the parent's name when the folder is ``outs``.
+Scanning (depth <= 4 below the root) asks each registered layout (:data:`stlake.ingestion.readers.LAYOUTS`,
+in registry order) whether a folder is one of its slides (or, for a release, holds them); the first
+that says yes wins and the folder is not descended into. Manifest entries name their layout; the
+layout completes the entry's paths from its ``path`` (root) and explicit role columns.
 """
 from __future__ import annotations
 
@@ -21,18 +16,17 @@ from typing import Any, Optional
 
 import yaml
 
-from stlake.ingestion.readers import st, stimage, visium, visiumhd
+from stlake.ingestion.readers import LAYOUTS, get_layout, layout_names, roles, technologies
 from stlake.ingestion.readers.common import read_csv
-from stlake.ingestion.records import LAYOUTS, TECHNOLOGIES, SlideRef
+from stlake.ingestion.records import SlideRef
 from stlake.lake import storage
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 4
 MANIFEST_SUFFIXES = (".csv", ".yaml", ".yml")
-ROLES = ("image", "coords", "counts", "annotation", "spot_detector", "matrix_h5", "matrix_dir", "positions",
-         "scalefactors", "hires_image", "bin_dir", "meta")
-LAYOUT_TECHNOLOGY = {"visium": "Visium", "visiumhd": "VisiumHD", "st": "ST"}
+#: Manifest columns that are not file roles; every other column lands in ``SlideRef.meta``.
+ENTRY_COLUMNS = ("slide_id", "layout", "path", "technology", "species", "tissue")
 #: Entries with these suffixes are files; the scan does not ask whether they are folders.
 FILE_SUFFIXES = (".csv", ".tsv", ".gz", ".h5", ".json", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf",
                  ".parquet", ".txt", ".mtx", ".html", ".cloupe", ".bam", ".bai", ".zip", ".pdf", ".md", ".yaml",
@@ -63,7 +57,7 @@ def _check_layouts(layouts: Optional[Iterable[str]]) -> Optional[set[str]]:
     wanted = {layout.lower() for layout in ([layouts] if isinstance(layouts, str) else layouts)}
     unknown = wanted - set(LAYOUTS)
     if unknown:
-        raise ValueError(f"unknown layout(s) {', '.join(sorted(unknown))} (expected {', '.join(LAYOUTS)})")
+        raise ValueError(f"unknown layout(s) {', '.join(sorted(unknown))} (expected {', '.join(layout_names())})")
     return wanted
 
 
@@ -110,81 +104,11 @@ def _scan_folder(folder: str, depth: int, refs: list[SlideRef]) -> None:
 
 def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
     """The slides ``folder`` is (or holds, for a release); None when it is none of the layouts."""
-    if is_release(folder, names):
-        return scan_release(folder)
-    if "binned_outputs" in names:
-        return [visiumhd_ref(folder)]
-    if "spatial" in names and visium.SCALEFACTORS in storage.list_dir(storage.join(folder, "spatial")) \
-            and visium.find_matrix(folder, names):
-        return [visium_ref(folder)]
-    st_paths = st.find_files(folder, names)
-    if len(st_paths) == 3:
-        return [st_ref(folder, st_paths)]
+    for layout in LAYOUTS.values():
+        found = layout.identify(folder, names)
+        if found is not None:
+            return found
     return None
-
-
-def is_release(folder: str, names: list[str]) -> bool:
-    """An STimage-1K4M release root."""
-    if "meta" in names and storage.exists(storage.join(folder, *stimage.META_PATH)):
-        return True
-    return any(tech in names and "coord" in storage.list_dir(storage.join(folder, tech))
-               for tech in stimage.TECH_FOLDERS)
-
-
-def spaceranger_slide_id(folder: str) -> str:
-    """Folder name, or the parent's name for an ``outs`` folder."""
-    name = storage.basename(folder)
-    return storage.basename(storage.parent(folder)) if name == "outs" else name
-
-
-def visium_ref(folder: str) -> SlideRef:
-    return SlideRef(spaceranger_slide_id(folder), "visium", "Visium", visium.resolve_paths({"root": folder}))
-
-
-def visiumhd_ref(folder: str) -> SlideRef:
-    """Bin-specific paths are left to the reader (the bin size is a reader option)."""
-    return SlideRef(spaceranger_slide_id(folder), "visiumhd", "VisiumHD", visiumhd.resolve_paths({"root": folder}))
-
-
-def st_ref(folder: str, paths: dict[str, str]) -> SlideRef:
-    return SlideRef(storage.basename(folder), "st", "ST", {"root": folder, **paths})
-
-
-def _meta_table(root: str) -> Optional[dict[str, dict[str, str]]]:
-    """The release's meta rows by slide; None without a meta CSV, empty when it is unreadable."""
-    path = storage.join(root, *stimage.META_PATH)
-    if not storage.exists(path):
-        return None
-    try:
-        return stimage.read_meta_table(path)
-    except Exception as error:  # the reader reports it per slide; discovery goes on
-        log.warning("cannot read %s: %s", path, error)
-        return {}
-
-
-def scan_release(root: str) -> list[SlideRef]:
-    """One ``stimage`` ref per ``{tech}/coord/{slide}_coord.csv`` of the release at ``root``."""
-    meta = _meta_table(root)
-    annotations = set(storage.list_dir(storage.join(root, "annotation")))
-    refs = []
-    for tech in stimage.TECH_FOLDERS:
-        coord_names = storage.list_dir(storage.join(root, tech, "coord"))
-        image_names = storage.list_dir(storage.join(root, tech, "image")) if coord_names else []
-        for name in coord_names:
-            if not name.endswith(stimage.COORD_SUFFIX) or name.startswith("."):
-                continue
-            slide = name[: -len(stimage.COORD_SUFFIX)]
-            paths = stimage.slide_paths(root, tech, slide)
-            if storage.basename(paths["annotation"]) not in annotations:
-                paths.pop("annotation")
-            if meta is None:
-                paths.pop("meta")
-            if f"{slide}.png" not in image_names:
-                other = [n for n in image_names if n.rsplit(".", 1)[0] == slide]
-                if other:
-                    paths["image"] = storage.join(root, tech, "image", other[0])
-            refs.append(stimage.apply_meta(SlideRef(slide, "stimage", tech, paths), (meta or {}).get(slide)))
-    return refs
 
 
 # ---------------------------------------------------------------- manifests
@@ -193,8 +117,8 @@ def read_manifest(uri: str) -> list[SlideRef]:
     """The slides listed in a CSV or YAML manifest; relative paths are relative to its folder."""
     base = storage.parent(uri)
     rows = _yaml_rows(uri) if uri.lower().endswith((".yaml", ".yml")) else _csv_rows(uri)
-    metas: dict[str, Optional[dict[str, dict[str, str]]]] = {}
-    return [_row_ref(row, base, f"{uri} entry {number}", metas) for number, row in enumerate(rows, 1)]
+    cache: dict[str, Any] = {}  # shared by the entries, e.g. a release's meta table read once
+    return [_row_ref(row, base, f"{uri} entry {number}", cache) for number, row in enumerate(rows, 1)]
 
 
 def _clean(row: dict[Any, Any]) -> dict[str, str]:
@@ -216,38 +140,23 @@ def _yaml_rows(uri: str) -> list[dict[str, str]]:
     return [_clean(row) for row in slides]
 
 
-def _row_ref(row: dict[str, str], base: str, context: str,
-             metas: dict[str, Optional[dict[str, dict[str, str]]]]) -> SlideRef:
-    """One manifest entry -> ``SlideRef`` (explicit role paths win over derived ones)."""
-    slide_id, layout = row.get("slide_id"), row.get("layout", "").lower()
-    if not slide_id or layout not in LAYOUTS:
-        raise ValueError(f"{context}: needs slide_id and a layout in {', '.join(LAYOUTS)} (got {row})")
-    root = storage.resolve(base, row["path"]) if row.get("path") else None
-    roles = {role: storage.resolve(base, row[role]) for role in ROLES if row.get(role)}
-    technology = row.get("technology") or LAYOUT_TECHNOLOGY.get(layout)
-    if layout == "stimage" and not technology and root:
-        technology = stimage.find_technology(root, slide_id)
-    if technology not in TECHNOLOGIES:
-        raise ValueError(f"{context}: technology must be one of {', '.join(TECHNOLOGIES)} (got {technology!r})")
-    if not root and not roles:
+def _row_ref(row: dict[str, str], base: str, context: str, cache: dict[str, Any]) -> SlideRef:
+    """One manifest entry -> ``SlideRef``: its layout completes the paths (explicit role paths win)."""
+    slide_id, name = row.get("slide_id"), row.get("layout", "").lower()
+    if not slide_id or name not in LAYOUTS:
+        raise ValueError(f"{context}: needs slide_id and a layout in {', '.join(layout_names())} (got {row})")
+    layout = get_layout(name)
+    known_roles = roles()
+    paths = {role: storage.resolve(base, row[role]) for role in known_roles if row.get(role)}
+    if row.get("path"):
+        paths["root"] = storage.resolve(base, row["path"])
+    if not paths:
         raise ValueError(f"{context}: needs a path or explicit role paths")
-    paths = _layout_paths(layout, root, technology, slide_id, roles)
-    extra = {k: v for k, v in row.items()
-             if k not in ("slide_id", "layout", "path", "technology", "species", "tissue", *ROLES)}
-    ref = SlideRef(slide_id, layout, technology, paths, row.get("species"), row.get("tissue"), extra)
-    if layout == "stimage" and root:
-        if root not in metas:
-            metas[root] = _meta_table(root)
-        ref = stimage.apply_meta(ref, (metas[root] or {}).get(slide_id))
+    technology = row.get("technology") or layout.default_technology() or ""
+    extra = {k: v for k, v in row.items() if k not in ENTRY_COLUMNS and k not in known_roles}
+    ref = layout.complete(SlideRef(slide_id, name, technology, paths, row.get("species"), row.get("tissue"), extra),
+                          cache)
+    if ref.technology not in layout.technologies:
+        expected = ", ".join(layout.technologies if layout.technologies else technologies())
+        raise ValueError(f"{context}: technology must be one of {expected} (got {ref.technology or None!r})")
     return ref
-
-
-def _layout_paths(layout: str, root: Optional[str], technology: str, slide_id: str,
-                  roles: dict[str, str]) -> dict[str, str]:
-    """Role paths of a manifest entry: derived from ``root`` by the layout's reader, then the explicit ones."""
-    if not root:
-        return roles
-    if layout == "stimage":  # every role derived from root, so the optional ones are found next to explicit ones
-        return {**stimage.resolve_paths({"root": root}, technology, slide_id), **roles}
-    resolvers = {"visium": visium.resolve_paths, "st": st.resolve_paths, "visiumhd": visiumhd.resolve_paths}
-    return resolvers[layout]({"root": root, **roles})

@@ -10,8 +10,6 @@ from typing import Literal, Optional
 
 import numpy as np
 
-LAYOUTS = ("stimage", "visium", "visiumhd", "st")
-TECHNOLOGIES = ("ST", "Visium", "VisiumHD")
 #: Count-matrix formats (one module each in :mod:`stlake.ingestion.matrices`).
 MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
 
@@ -34,11 +32,8 @@ class SlideError(Exception):
 class SlideRef:
     """One slide as found by a manifest or a scan: ids and paths only, nothing read yet.
 
-    ``paths`` maps a role to a local path or ``s3://`` URI. Roles by layout:
-    stimage: image, coords, counts, annotation (optional)
-    visium: root, positions, scalefactors, matrix_h5 | matrix_dir, image (optional full-res), hires_image
-    visiumhd: root, bin_dir, positions, scalefactors, matrix_h5, image (optional full-res), hires_image
-    st: counts, spot_detector, image
+    ``paths`` maps a role to a local path or ``s3://`` URI: ``root`` (the slide or release folder) and
+    the roles its layout declares (``Layout.roles`` in :mod:`stlake.ingestion.readers`).
     """
 
     slide_id: str

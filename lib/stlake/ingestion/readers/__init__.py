@@ -1,37 +1,61 @@
 """Slide readers, one module per input layout: ``SlideRef`` -> ``SlideRecord``.
 
+Each reader module declares its layout once (``LAYOUT``, see :mod:`.layout`); ``LAYOUTS`` below is the
+registry built from those declarations, in the order discovery tries them on a scanned folder.
+Adding a layout is one new module and one line here (docs/architecture.md lists the steps).
+
 Readers read coordinates, annotations, scale factors and small metadata only; they never decode the
 image and never read the expression matrix (the legacy ST reader reads the counts file's first column).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 from stlake.ingestion.readers import st, stimage, visium, visiumhd
 from stlake.ingestion.readers.common import ReaderOptions
+from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import SlideRecord, SlideRef
 
-READERS: dict[str, Callable[[SlideRef, Optional[ReaderOptions]], SlideRecord]] = {
-    "stimage": stimage.read,
-    "visium": visium.read,
-    "visiumhd": visiumhd.read,
-    "st": st.read,
-}
+#: The registry: layout name -> its declaration. An STimage release is recognised before the
+#: Space Ranger folders it could contain.
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
+    stimage.LAYOUT,
+    visium.LAYOUT,
+    visiumhd.LAYOUT,
+    st.LAYOUT,
+)}
 
-__all__ = ["READERS", "ReaderOptions", "layout_names", "read_slide"]
+__all__ = ["LAYOUTS", "Layout", "ReaderOptions", "get_layout", "layout_names", "read_slide", "roles",
+           "technologies"]
 
 
 def layout_names() -> tuple[str, ...]:
     """The names of every registered input layout, in registry order."""
-    return tuple(READERS)
+    return tuple(LAYOUTS)
+
+
+def technologies() -> tuple[str, ...]:
+    """Every technology some layout can hold, in registry order."""
+    return tuple(dict.fromkeys(tech for layout in LAYOUTS.values() for tech in layout.technologies))
+
+
+def roles() -> tuple[str, ...]:
+    """Every file role some layout reads (the manifest's path columns)."""
+    return tuple(dict.fromkeys(role for layout in LAYOUTS.values() for role in layout.roles))
+
+
+def get_layout(name: str) -> Layout:
+    """The declaration of layout ``name``; ``ValueError`` naming the known ones otherwise."""
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown layout {name!r} (expected one of {', '.join(LAYOUTS)})") from None
 
 
 def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     """Read one slide with the reader of its layout; bad input raises ``SlideError``."""
     try:
-        reader = READERS[ref.layout]
-    except KeyError:
-        raise ValueError(f"unknown layout {ref.layout!r} for slide {ref.slide_id} "
-                         f"(expected one of {', '.join(READERS)})") from None
-    return reader(ref, options or ReaderOptions())
+        layout = get_layout(ref.layout)
+    except ValueError as error:
+        raise ValueError(f"slide {ref.slide_id}: {error}") from None
+    return layout.read(ref, options or ReaderOptions())

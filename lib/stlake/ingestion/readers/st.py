@@ -26,6 +26,7 @@ from stlake.ingestion.readers.common import (
     read_csv,
     require_columns,
 )
+from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
 
@@ -48,6 +49,7 @@ def is_counts(name: str) -> bool:
 
 
 def is_jpeg(name: str) -> bool:
+    """An H&E JPEG name."""
     return name.lower().endswith((".jpg", ".jpeg")) and not name.startswith(".")
 
 
@@ -76,6 +78,22 @@ def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
     if paths.get("root") and not all(paths.get(r) for r in ("counts", "spot_detector", "image")):
         return {**find_files(paths["root"]), **paths}
     return dict(paths)
+
+
+ROLES = ("counts", "spot_detector", "image")
+
+
+def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
+    """A legacy ST slide: a spot-detector TSV, a counts TSV and a JPEG in one folder."""
+    paths = find_files(folder, names)
+    if len(paths) < len(ROLES):
+        return None
+    return [SlideRef(storage.basename(folder), "st", "ST", {"root": folder, **paths})]
+
+
+def complete(ref: SlideRef, cache: dict) -> SlideRef:
+    """A manifest entry with its missing roles found under ``root``."""
+    return dataclasses.replace(ref, paths=resolve_paths(ref.paths))
 
 
 # ---------------------------------------------------------------- reading
@@ -175,3 +193,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     return SlideRecord(
         ref=ref, image_uri=image, spots=spots, spot_diameter_px=pitch * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
         expression=ExpressionSource("st_tsv", counts), microns_per_pixel=SPOT_PITCH_UM / pitch, warnings=warnings)
+
+
+LAYOUT = Layout("st", ("ST",), ROLES, "legacy Spatial Transcriptomics (counts TSV, spot detector TSV, H&E JPEG)",
+                identify, complete, read)

@@ -11,6 +11,7 @@ A release root holds, per technology folder ``{ST,Visium,VisiumHD}``::
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 import numpy as np
@@ -28,6 +29,7 @@ from stlake.ingestion.readers.common import (
     read_csv,
     require_columns,
 )
+from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
 
@@ -38,6 +40,9 @@ REQUIRED_ROLES = ("image", "coords", "counts")
 #: Physical spot diameter per technology (µm), used to derive microns per pixel from the radius.
 SPOT_DIAMETER_UM = {"ST": 100.0, "Visium": 55.0}
 LABEL_COLUMN = "V2"
+ROLES = ("image", "coords", "counts", "annotation", "meta")
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- paths and metadata (also used by discovery)
@@ -105,6 +110,71 @@ def apply_meta(ref: SlideRef, row: Optional[dict[str, str]]) -> SlideRef:
     paths = {role: path for role, path in ref.paths.items() if role != "meta"}
     return dataclasses.replace(ref, paths=paths, species=ref.species or row.get("species"),
                                tissue=ref.tissue or row.get("tissue"), meta=meta)
+
+
+# ---------------------------------------------------------------- discovery: a scanned release, a manifest entry
+
+def is_release(folder: str, names: list[str]) -> bool:
+    """An STimage-1K4M release root: ``meta/meta_all_gene.csv`` or a ``{tech}/coord/`` folder."""
+    if "meta" in names and storage.exists(storage.join(folder, *META_PATH)):
+        return True
+    return any(tech in names and "coord" in storage.list_dir(storage.join(folder, tech)) for tech in TECH_FOLDERS)
+
+
+def meta_table(root: str) -> Optional[dict[str, dict[str, str]]]:
+    """The release's meta rows by slide; None without a meta CSV, empty when it is unreadable."""
+    path = storage.join(root, *META_PATH)
+    if not storage.exists(path):
+        return None
+    try:
+        return read_meta_table(path)
+    except Exception as error:  # the reader reports it per slide; discovery goes on
+        log.warning("cannot read %s: %s", path, error)
+        return {}
+
+
+def _release_ref(root: str, tech: str, slide: str, found: dict[str, set[str]],
+                 meta: Optional[dict[str, dict[str, str]]]) -> SlideRef:
+    """One scanned slide; ``found`` holds the names listed in the annotation and image folders."""
+    paths = slide_paths(root, tech, slide)
+    if storage.basename(paths["annotation"]) not in found["annotation"]:
+        paths.pop("annotation")
+    if meta is None:
+        paths.pop("meta")
+    if f"{slide}.png" not in found["image"]:
+        other = sorted(n for n in found["image"] if n.rsplit(".", 1)[0] == slide)
+        if other:
+            paths["image"] = storage.join(root, tech, "image", other[0])
+    return apply_meta(SlideRef(slide, "stimage", tech, paths), (meta or {}).get(slide))
+
+
+def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
+    """Every slide of the release at ``folder``: one per ``{tech}/coord/{slide}_coord.csv``."""
+    if not is_release(folder, names):
+        return None
+    meta = meta_table(folder)
+    annotations = set(storage.list_dir(storage.join(folder, "annotation")))
+    refs = []
+    for tech in TECH_FOLDERS:
+        coord_names = storage.list_dir(storage.join(folder, tech, "coord"))
+        images = storage.list_dir(storage.join(folder, tech, "image")) if coord_names else []
+        found = {"annotation": annotations, "image": set(images)}
+        refs.extend(_release_ref(folder, tech, name[: -len(COORD_SUFFIX)], found, meta) for name in coord_names
+                    if name.endswith(COORD_SUFFIX) and not name.startswith("."))
+    return refs
+
+
+def complete(ref: SlideRef, cache: dict) -> SlideRef:
+    """A manifest entry: technology and every role derived from the release root (explicit roles win),
+    then the release's meta row (the meta CSV is read once per root, kept in ``cache``)."""
+    root = ref.paths.get("root")
+    if not root:
+        return ref
+    technology = ref.technology or find_technology(root, ref.slide_id) or ""
+    paths = {**resolve_paths({"root": root}, technology, ref.slide_id), **ref.paths}
+    if root not in cache:
+        cache[root] = meta_table(root)
+    return apply_meta(dataclasses.replace(ref, technology=technology, paths=paths), (cache[root] or {}).get(ref.slide_id))
 
 
 # ---------------------------------------------------------------- reading
@@ -183,3 +253,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
         expression=ExpressionSource("dense_csv", counts, {"sep": ","}),
         microns_per_pixel=physical / diameter if physical and diameter > 0 else None,
         warnings=warnings)
+
+
+LAYOUT = Layout("stimage", TECH_FOLDERS, ROLES, "STimage-1K4M release ({ST,Visium,VisiumHD}/{image,coord,gene_exp}/)",
+                identify, complete, read)

@@ -1,87 +1,44 @@
-"""Space Ranger Visium output (layout ``visium``), plus helpers shared with VisiumHD.
+"""Space Ranger Visium output (layout ``visium``).
 
 A slide folder (often ``outs``) holds ``spatial/tissue_positions_list.csv`` (no header) or
 ``spatial/tissue_positions.csv`` (header), ``spatial/scalefactors_json.json``, the expression as
 ``filtered_feature_bc_matrix.h5`` or a ``filtered_feature_bc_matrix/`` folder, and optionally a
 user-supplied full-resolution image (``image.tif``, ``*.tif``, ``*.tiff``, ``*.btf``, ``*.jpg``).
 Without one, ``spatial/tissue_hires_image.png`` is tiled and coordinates are scaled by
-``tissue_hires_scalef``.
+``tissue_hires_scalef``. What Visium shares with VisiumHD is in :mod:`.spaceranger`.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
-import numpy as np
-import pandas as pd
-
-from stlake.ingestion.readers.common import (
-    ReaderOptions,
-    as_float,
-    as_ids,
-    check_unique,
-    find_existing,
-    find_fullres_image,
-    first_line,
-    guarded,
-    image_or_missing,
-    make_spots,
-    read_csv,
-    read_json,
-    require_columns,
+from stlake.ingestion.readers.common import ReaderOptions
+from stlake.ingestion.readers.layout import Layout
+from stlake.ingestion.readers.spaceranger import (
+    POSITION_COLUMNS,
+    ROLES,
+    SCALEFACTORS,
+    choose_image,
+    expression_source,
+    find_matrix,
+    has_matrix,
+    read_positions_csv,
+    read_scalefactors,
+    scale_factor,
+    scaled,
+    slide_id,
+    spatial_files,
+    spots_from_columns,
+    with_fullres_image,
 )
-from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
 
-POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv")
-SCALEFACTORS = "scalefactors_json.json"
-HIRES_IMAGE = "tissue_hires_image.png"
-MATRIX_H5 = "filtered_feature_bc_matrix.h5"
-MATRIX_DIR = "filtered_feature_bc_matrix"
 SPOT_DIAMETER_UM = 55.0
 
 
 # ---------------------------------------------------------------- paths (also used by discovery)
-
-def find_matrix(folder: str, names: Optional[list[str]] = None) -> dict[str, str]:
-    """``matrix_h5`` and/or ``matrix_dir`` of a Space Ranger folder (GEO-style name prefixes accepted)."""
-    names = storage.list_dir(folder) if names is None else names
-    found: dict[str, str] = {}
-    h5 = [n for n in names if n == MATRIX_H5] or [n for n in names if n.endswith("_" + MATRIX_H5)]
-    if h5:
-        found["matrix_h5"] = storage.join(folder, h5[0])
-    if MATRIX_DIR in names:
-        found["matrix_dir"] = storage.join(folder, MATRIX_DIR)
-    return found
-
-
-def spatial_files(spatial: str, position_names: tuple[str, ...]) -> dict[str, str]:
-    """Roles found in a ``spatial/`` folder: positions (first of ``position_names``), scalefactors, hires image."""
-    names = storage.list_dir(spatial)
-    found: dict[str, str] = {}
-    positions = [name for name in position_names if name in names]
-    if positions:
-        found["positions"] = storage.join(spatial, positions[0])
-    if SCALEFACTORS in names:
-        found["scalefactors"] = storage.join(spatial, SCALEFACTORS)
-    if HIRES_IMAGE in names:
-        found["hires_image"] = storage.join(spatial, HIRES_IMAGE)
-    return found
-
-
-def has_matrix(paths: dict[str, str]) -> bool:
-    """A matrix role (HDF5 file or folder) is given."""
-    return bool(paths.get("matrix_h5") or paths.get("matrix_dir"))
-
-
-def with_fullres_image(paths: dict[str, str]) -> dict[str, str]:
-    """``paths`` with ``image`` found in ``root`` when it is not given (``root`` is listed only then)."""
-    if paths.get("image") or not paths.get("root"):
-        return dict(paths)
-    image = find_fullres_image(paths["root"])
-    return {**paths, "image": image} if image else dict(paths)
-
 
 def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
     """Fill missing roles (positions, scalefactors, hires_image, matrix, image) from ``root``; given roles win.
@@ -100,90 +57,21 @@ def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
     return with_fullres_image({**derived, **paths})
 
 
-# ---------------------------------------------------------------- helpers shared with VisiumHD
-
-def read_scalefactors(path: Optional[str]) -> dict:
-    """The scalefactors JSON; missing or garbled -> ``coords_unreadable``."""
-    if not path:
-        raise SlideError("coords_unreadable", "no spatial/scalefactors_json.json for the slide")
-    return guarded(path, "scalefactors file", lambda: read_json(path))
-
-
-def scale_factor(scalefactors: dict, key: str, path: str) -> float:
-    """A positive number from the scalefactors JSON."""
-    try:
-        value = float(scalefactors[key])
-    except (KeyError, TypeError, ValueError):
-        raise SlideError("coords_unreadable", f"{path} has no usable '{key}'") from None
-    if not np.isfinite(value) or value <= 0:
-        raise SlideError("coords_unreadable", f"{path} has a non-positive '{key}' ({value})")
-    return value
+def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
+    """A Space Ranger Visium slide: ``spatial/scalefactors_json.json`` and a matrix, no ``binned_outputs/``."""
+    if "binned_outputs" in names or "spatial" not in names or not find_matrix(folder, names):
+        return None
+    if SCALEFACTORS not in storage.list_dir(storage.join(folder, "spatial")):
+        return None
+    return [SlideRef(slide_id(folder), "visium", "Visium", resolve_paths({"root": folder}))]
 
 
-def choose_image(ref: SlideRef, options: ReaderOptions, scalefactors: dict,
-                 scalefactors_path: str) -> tuple[str, float, str, list[tuple[str, str]]]:
-    """The image to tile: override, given/found full-res image, else the hires PNG with its scale factor.
-
-    Returns (image uri, coord_scale, image_source, warnings).
-    """
-    if options.image_override:
-        return image_or_missing(options.image_override, "image override"), 1.0, "fullres", []
-    if ref.paths.get("image"):
-        return image_or_missing(ref.paths["image"], "full-resolution image"), 1.0, "fullres", []
-    hires = find_existing([ref.paths.get("hires_image")])
-    if not hires:
-        where = ref.paths.get("root", ref.slide_id)
-        raise SlideError("image_missing", f"no full-resolution image (image.tif, *.tif, *.tiff, *.btf, *.jpg) and no "
-                                          f"spatial/{HIRES_IMAGE} in {where}")
-    scale = scale_factor(scalefactors, "tissue_hires_scalef", scalefactors_path)
-    warning = ("hires_image", f"no full-resolution image for slide {ref.slide_id}; tiling {hires} with coordinates "
-                              f"and spot diameter scaled by tissue_hires_scalef={scale:g}")
-    return hires, scale, "hires", [warning]
-
-
-def expression_source(paths: dict[str, str]) -> ExpressionSource:
-    """``tenx_h5`` when the HDF5 matrix exists, else ``tenx_mtx`` for the matrix folder."""
-    h5, folder = paths.get("matrix_h5"), paths.get("matrix_dir")
-    if h5 and storage.exists(h5):
-        return ExpressionSource("tenx_h5", h5)
-    if folder and storage.exists(folder):
-        return ExpressionSource("tenx_mtx", folder)
-    raise SlideError("expression_missing", f"no {MATRIX_H5} or {MATRIX_DIR}/ found "
-                                           f"({h5 or folder or paths.get('root', '?')})")
-
-
-def spots_from_columns(path: str, barcode: object, in_tissue: object, array_row: object, array_col: object,
-                       pxl_row: object, pxl_col: object, in_tissue_only: bool) -> Spots:
-    """Vectorised ``Spots`` from tissue-position columns (full-res px), duplicates checked on all spots."""
-    ids = as_ids(barcode)
-    check_unique(ids, path)
-    tissue = as_float(in_tissue, path, "in_tissue") != 0
-    spots = make_spots(ids, as_float(pxl_col, path, "pxl_col_in_fullres"), as_float(pxl_row, path, "pxl_row_in_fullres"),
-                       in_tissue=tissue, array_row=as_float(array_row, path, "array_row").astype(np.int32),
-                       array_col=as_float(array_col, path, "array_col").astype(np.int32))
-    return spots.take(tissue) if in_tissue_only else spots
-
-
-def scaled(spots: Spots, scale: float) -> Spots:
-    """``spots`` with x/y multiplied by ``scale``."""
-    if scale == 1.0:
-        return spots
-    return dataclasses.replace(spots, x=spots.x * scale, y=spots.y * scale)
+def complete(ref: SlideRef, cache: dict) -> SlideRef:
+    """A manifest entry with its missing roles found under ``root``."""
+    return dataclasses.replace(ref, paths=resolve_paths(ref.paths))
 
 
 # ---------------------------------------------------------------- reading
-
-def read_positions_csv(path: str) -> pd.DataFrame:
-    """``tissue_positions.csv`` (header) or ``tissue_positions_list.csv`` (no header) as a frame."""
-    def parse() -> pd.DataFrame:
-        header = first_line(path).split(",")[0].strip().strip('"') == "barcode"
-        frame = read_csv(path, header=0 if header else None, names=None if header else list(POSITION_COLUMNS),
-                         dtype={"barcode": str})
-        return frame
-    frame = guarded(path, "tissue positions file", parse)
-    require_columns(frame, POSITION_COLUMNS, path)
-    return frame
-
 
 def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     """Read one Space Ranger Visium slide: positions, scalefactors, image choice (no image, no counts)."""
@@ -203,3 +91,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
         ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=SPOT_DIAMETER_UM / diameter / scale,
         coord_scale=scale, image_source=source, warnings=warnings)
+
+
+LAYOUT = Layout("visium", ("Visium",), ROLES, "Space Ranger Visium output (spatial/ + feature-barcode matrix)",
+                identify, complete, read)

@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stlake.ingestion.readers.common import ReaderOptions, guarded
-from stlake.ingestion.readers.visium import (
+from stlake.ingestion.readers.layout import Layout
+from stlake.ingestion.readers.spaceranger import (
     HIRES_IMAGE,
     POSITION_COLUMNS,
+    ROLES,
     choose_image,
     expression_source,
     find_matrix,
@@ -25,6 +27,7 @@ from stlake.ingestion.readers.visium import (
     read_scalefactors,
     scale_factor,
     scaled,
+    slide_id,
     spatial_files,
     spots_from_columns,
     with_fullres_image,
@@ -76,6 +79,18 @@ def _bin_paths(paths: dict[str, str], bin_size_um: int) -> dict[str, str]:
     if hires and not paths.get("hires_image") and "hires_image" not in derived and storage.exists(hires):
         derived["hires_image"] = hires
     return derived
+
+
+def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
+    """A VisiumHD slide: a folder with ``binned_outputs/`` (bin-specific paths are left to the reader)."""
+    if BINNED not in names:
+        return None
+    return [SlideRef(slide_id(folder), "visiumhd", "VisiumHD", resolve_paths({"root": folder}))]
+
+
+def complete(ref: SlideRef, cache: dict) -> SlideRef:
+    """A manifest entry with its full-resolution image found under ``root`` (bins: see ``read``)."""
+    return dataclasses.replace(ref, paths=resolve_paths(ref.paths))
 
 
 def read_positions_parquet(path: str) -> pa.Table:
@@ -131,3 +146,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
         ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=mpp / scale,
         coord_scale=scale, image_source=source, warnings=warnings)
+
+
+LAYOUT = Layout("visiumhd", ("VisiumHD",), (*ROLES, "bin_dir"),
+                "Space Ranger VisiumHD output (binned_outputs/square_{002,008,016}um)", identify, complete, read)
