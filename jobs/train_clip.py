@@ -10,14 +10,9 @@ and writes ``metrics.json`` next to the checkpoint. Entry point only: the job is
     torchrun --nproc-per-node 8 jobs/train_clip.py --lake s3://bucket/lake --encoder resnet18 \
         --image-size 224 --batch-size 256 --steps 20000 --checkpoint-dir s3-mounted/ckpt --resume
 """
-import os
 import sys
 
-_LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
-if _LIB not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, _LIB)
-
-from stlake.train.job import main  # noqa: E402
+from stlake.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stlake.ingestion import matrices, plan, units
+from stlake.ingestion import matrices, plan, tiling, units
 from stlake.ingestion.images import ImageInfo
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers.common import make_spots
@@ -55,3 +55,58 @@ def test_fill_cores_splits_into_column_runs_and_renumbers_once():
     assert [unit.index for unit in tiles] == [0, 1] and [len(unit.spots) for unit in tiles] == [600, 600]
     assert tiles[0].spots.x.max() < tiles[1].spots.x.min()
     assert isinstance(slide.units[-1], plan.ExprUnit) and slide.units[-1].index == 0
+
+
+def lake_files(lake) -> list[str]:
+    """Every Parquet file under the lake folder."""
+    return sorted(str(p.relative_to(lake)) for p in lake.rglob("*.parquet"))
+
+
+def labelled_tile_unit(tmp_path) -> plan.TileUnit:
+    """A tile unit of three labelled spots on a small white PNG."""
+    import cv2
+
+    image = tmp_path / "slide.png"
+    cv2.imwrite(str(image), np.full((100, 120, 3), 255, np.uint8))
+    spots = make_spots(np.array(["a", "b", "c"], dtype=object), np.array([20.0, 50.0, 80.0]), np.full(3, 40.0),
+                       label=np.array(["tumor", None, "stroma"], dtype=object))
+    spec = tiling.TileSpec(size_px=16, resize_px=None, border="pad", encoding="jpeg", quality=90)
+    return plan.TileUnit("slide", "Visium", str(image), spots, spec, 1 << 30, "anno.csv", 0)
+
+
+def test_a_unit_that_fails_partway_leaves_no_files(tmp_path, monkeypatch):
+    """The spots file is written before the annotations; when the latter fails, the former is deleted too."""
+    unit, lake = labelled_tile_unit(tmp_path), tmp_path / "lake"
+    assert units.run_unit(unit, str(lake), "ok").error is None
+    assert [f.split("/")[0] for f in lake_files(lake)] == ["annotations", "spots"]
+    for path in lake.rglob("*.parquet"):
+        path.unlink()
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(units, "annotation_rows", broken)
+    result = units.run_unit(unit, str(lake), "broken")
+    assert result.error is not None and result.error.reason == "internal_error" and result.error.stage == "tiles"
+    assert "disk full" in result.error.detail and result.files == []
+    assert lake_files(lake) == []
+
+
+def test_a_multi_file_write_that_fails_partway_leaves_no_files(tmp_path, monkeypatch):
+    """A table split into several files: when a later file fails, the earlier ones are deleted."""
+    from stlake.lake import schemas, tables
+
+    unit, lake = labelled_tile_unit(tmp_path), tmp_path / "lake"
+    monkeypatch.setattr(schemas, "FILE_BYTES", 1)  # one row per file
+    original, calls = tables.write_data_file, []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("connection reset")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tables, "write_data_file", fail_on_second)
+    result = units.run_unit(unit, str(lake), "broken")
+    assert result.error is not None and "connection reset" in result.error.detail
+    assert len(calls) == 2 and lake_files(lake) == []

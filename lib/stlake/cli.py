@@ -2,44 +2,68 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from typing import Optional
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from stlake.ingestion.options import IngestOptions
+from stlake.ingestion.readers import layout_names
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
     """'4G', '512M', '64k' or a plain number of bytes."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = text.strip().lower().rstrip("b")
     return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
 
 
+def format_size(size: int) -> str:
+    """4294967296 -> '4G' (the largest unit that divides it)."""
+    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if size and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def _flag_arguments(field: dataclasses.Field, hint: Any) -> tuple[str, dict[str, Any]]:
+    """The argparse flag and keyword arguments of one ``IngestOptions`` field (from its type and metadata)."""
+    meta = field.metadata
+    flag = meta.get("flag") or "--" + field.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": field.name, "help": meta.get("help", ""),
+                              "metavar": flag.lstrip("-").upper().replace("-", "_")}
+    if field.default is dataclasses.MISSING:
+        return flag, {**kwargs, "required": True}
+    if meta.get("kind") == "negated":
+        return flag, {"dest": field.name, "help": kwargs["help"], "action": "store_false"}
+    base = next((a for a in get_args(hint) if a is not type(None)), hint) if get_origin(hint) is Union else hint
+    if get_origin(base) is Literal:
+        kwargs.update(choices=get_args(base), metavar=None)
+        base = type(get_args(base)[0])
+    elif get_origin(base) is tuple:  # a repeatable flag, e.g. --layout
+        kwargs.update(action="append", choices=layout_names(), metavar=None)
+        base = str
+    kwargs["type"] = parse_size if meta.get("kind") == "size" else base
+    kwargs["default"] = field.default
+    if field.default is not None:
+        shown = format_size(field.default) if meta.get("kind") == "size" else field.default
+        kwargs["help"] += f" (default: {shown})"
+    return flag, kwargs
+
+
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, help="root folder / s3:// prefix to scan, or a manifest .csv/.yaml")
-    parser.add_argument("--lake", default="./lake", help="lake root (local folder or s3://bucket/prefix)")
-    parser.add_argument("--tile-px", type=int, help="side of the cut square in pixels (default: spot diameter)")
-    parser.add_argument("--tile-um", type=float, help="side of the cut square in micrometres")
-    parser.add_argument("--resize", type=int, dest="resize_px", help="resize tiles to this side, e.g. 224")
-    parser.add_argument("--border", choices=("pad", "drop"), default="pad")
-    parser.add_argument("--encoding", choices=("jpeg", "png"), default="jpeg")
-    parser.add_argument("--quality", type=int, default=90)
-    parser.add_argument("--memory-budget", type=_size, default=4 << 30, help="per task, e.g. 4G")
-    parser.add_argument("--expr-chunk", type=_size, default=64 << 20, dest="expr_chunk_bytes")
-    parser.add_argument("--max-spots-per-task", type=int, default=20_000)
-    parser.add_argument("--bin-size", type=int, default=8, dest="bin_size_um", choices=(2, 8, 16))
-    parser.add_argument("--all-spots", action="store_false", dest="in_tissue_only",
-                        help="keep spots outside tissue too")
-    parser.add_argument("--layout", action="append", dest="layouts",
-                        choices=("stimage", "visium", "visiumhd", "st"), help="only these layouts (repeatable)")
+    """One flag per :class:`IngestOptions` field, plus ``--master``."""
+    hints = get_type_hints(IngestOptions)
+    for field in dataclasses.fields(IngestOptions):
+        flag, kwargs = _flag_arguments(field, hints[field.name])
+        parser.add_argument(flag, **kwargs)
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
 
 
 def options_from_args(args: argparse.Namespace) -> IngestOptions:
-    fields = IngestOptions.__dataclass_fields__
-    values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    """The :class:`IngestOptions` of parsed ``ingest`` flags."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(IngestOptions)}
     if values.get("layouts"):
         values["layouts"] = tuple(values["layouts"])
     return IngestOptions(**values)
@@ -100,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     tbl = sub.add_parser("tables", help="list the lake's tables, versions and row counts")
     tbl.add_argument("--lake", default="./lake")
     tbl.set_defaults(run=cmd_tables)
-    synth = sub.add_parser("synth", help="write a synthetic dataset in all four layouts")
+    synth = sub.add_parser("synth", help="write a synthetic dataset in every layout")
     synth.add_argument("--out", required=True)
     synth.add_argument("--size", choices=("small", "full"), default="small")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--layouts", nargs="+", default=["stimage", "visium", "visiumhd", "st"])
+    synth.add_argument("--layouts", nargs="+", choices=layout_names(), default=list(layout_names()),
+                       help="layouts to write (default: all)")
     synth.add_argument("--corrupt", action="store_true", help="also write broken slides")
     synth.set_defaults(run=cmd_synth)
     register_stream_commands(sub)

@@ -7,9 +7,9 @@ land. Re-ingesting a slide replaces its rows in every table in the same commit t
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -20,10 +20,13 @@ from pyspark.sql import SparkSession
 from stlake.ingestion.discover import discover
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
-from stlake.ingestion.records import SlideRef
+from stlake.ingestion.readers.common import preview
+from stlake.ingestion.records import Rejection, Remark, SlideRef
 from stlake.ingestion.units import UnitResult, run_unit
 from stlake.lake import genes, schemas, tables
 from stlake.spark import forward_storage_environment
+
+log = logging.getLogger(__name__)
 
 # Commit order: the slides row is the last thing to land for a slide.
 COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "rejects")
@@ -48,8 +51,8 @@ class SlideOutcome:
 
     plan: SlidePlan
     results: list[UnitResult] = field(default_factory=list)
-    error: tuple[str, str, str] | None = None  # (stage, reason, detail)
-    warnings: list[tuple[str, str]] = field(default_factory=list)
+    error: Rejection | None = None
+    warnings: list[Remark] = field(default_factory=list)
 
     @property
     def slide_id(self) -> str:
@@ -96,25 +99,20 @@ def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: st
 
 # ---------------------------------------------------------------- judging slides
 
-def _first(values: Iterable[str], n: int = 5) -> str:
-    values = list(values)
-    return ", ".join(values[:n]) + (f" (+{len(values) - n} more)" if len(values) > n else "")
-
-
 def check_expression_coverage(outcome: SlideOutcome) -> None:
     """Every tiled spot has exactly one expression row; otherwise the slide is rejected."""
     written = [r.spot_ids for r in outcome.results if r.kind == "expression" and r.spot_ids is not None]
     spot_ids = np.concatenate(written) if written else np.zeros(0, dtype=object)
     unique, counts = np.unique(spot_ids.astype(str), return_counts=True)
     if (counts > 1).any():
-        outcome.error = ("expression", "duplicate_spot_ids",
-                         f"spot ids with more than one expression row: {_first(unique[counts > 1])}")
+        outcome.error = Rejection("expression", "duplicate_spot_ids",
+                                  f"spot ids with more than one expression row: {preview(unique[counts > 1])}")
         return
     expected = outcome.plan.record.spots.spot_id.astype(str)
     missing = np.setdiff1d(expected, unique)
     if len(missing):
-        outcome.error = ("expression", "spots_without_expression",
-                         f"{len(missing)} of {len(expected)} spots have no expression row: {_first(missing)}")
+        outcome.error = Rejection("expression", "spots_without_expression",
+                                  f"{len(missing)} of {len(expected)} spots have no expression row: {preview(missing)}")
 
 
 def collect_warnings(outcome: SlideOutcome) -> None:
@@ -123,7 +121,7 @@ def collect_warnings(outcome: SlideOutcome) -> None:
     dropped = [s for r in outcome.results for s in r.dropped_spots]
     if dropped:
         outcome.warnings.append(("border_spots_dropped", f"{len(dropped)} spots too close to the image border "
-                                                         f"were dropped: {_first(dropped)}"))
+                                                         f"were dropped: {preview(dropped)}"))
     unknown = sum(r.unknown_rows for r in outcome.results)
     if unknown:
         outcome.warnings.append(("expression_rows_without_spot", f"{unknown} expression rows name spots that are "
@@ -140,7 +138,7 @@ def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcom
         outcome = SlideOutcome(plan, by_slide.get(plan.ref.slide_id, []), error=plan.error)
         failed = [r for r in outcome.results if r.error]
         if outcome.error is None and failed:
-            outcome.error = (failed[0].kind, *failed[0].error)
+            outcome.error = failed[0].error
         if outcome.error is None:
             check_expression_coverage(outcome)
         if outcome.error is None:
@@ -177,11 +175,9 @@ def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> lis
     for outcome in outcomes:
         source = outcome.plan.ref.paths.get("root") or next(iter(outcome.plan.ref.paths.values()), None)
         base = {"run_id": run_id, "slide_id": outcome.slide_id, "source_uri": source, "rejected_at": now}
-        if outcome.error:
-            stage, reason, detail = outcome.error
-            rows.append({**base, "stage": stage, "severity": "error", "reason": reason, "detail": detail})
-        rows.extend({**base, "stage": "read", "severity": "warning", "reason": reason, "detail": detail}
-                    for reason, detail in outcome.warnings)
+        found = [outcome.error] if outcome.error else []
+        found += [Rejection("read", reason, detail, "warning") for reason, detail in outcome.warnings]
+        rows.extend({**base, **asdict(rejection)} for rejection in found)
     return rows
 
 
@@ -247,11 +243,19 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
     started, run_id = time.time(), run_id or tables.new_run_id()
     forward_storage_environment(spark)
     refs = discover(options.source, options.layouts)
+    log.info("run %s: %d slide(s) found in %s", run_id, len(refs), options.source)
     plans = plan_slides(spark, refs, options)
     results = run_units(spark, plans, options.lake, run_id)
+    log.info("run %s: %d unit(s) of %d planned slide(s) done", run_id, len(results),
+             sum(p.error is None for p in plans))
     outcomes = judge(plans, results)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            log.warning("slide %s rejected: %s (%s)", outcome.slide_id, outcome.error.reason,
+                        outcome.error.detail.splitlines()[0] if outcome.error.detail else "")
     versions = commit_run(options.lake, outcomes, options, run_id)
     landed = [o for o in outcomes if o.error is None]
+    log.info("run %s: %d slide(s) landed, %d rejected", run_id, len(landed), len(outcomes) - len(landed))
     rows = defaultdict(int)
     for data_file in (f for o in landed for r in o.results for f in r.files):
         rows[data_file.table] += data_file.num_records
@@ -260,7 +264,7 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
         unit_seconds[result.kind] += result.seconds
     return IngestReport(
         run_id=run_id, landed=sorted(o.slide_id for o in landed),
-        rejected={o.slide_id: o.error[1] for o in outcomes if o.error is not None},
+        rejected={o.slide_id: o.error.reason for o in outcomes if o.error is not None},
         rows=dict(rows), versions=versions,
         tasks={"plan": len(refs), "units": len(results)},
         peak_decoded_bytes={o.slide_id: max([r.peak_decoded_bytes for r in o.results] or [0]) for o in landed},

@@ -1,29 +1,44 @@
-"""Options of an ingest run (CLI flags map one to one)."""
+"""Options of an ingest run, each declared once: its type, default and help (the CLI flags derive from them)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
 
 #: Bytes of decoded image / parsed matrix one task may hold, unless ``--memory-budget`` says otherwise.
 DEFAULT_MEMORY_BUDGET = 4 << 30
+
+#: What happens to a spot whose square leaves the image: padded with white, or dropped (and reported).
+Border = Literal["pad", "drop"]
+#: How tiles are stored in ``spots.tile``.
+TileEncoding = Literal["jpeg", "png"]
+#: VisiumHD bin sizes in µm (Space Ranger's ``binned_outputs/square_{002,008,016}um``).
+BinSize = Literal[2, 8, 16]
+
+
+def option(default: Any, help: str, *, flag: Optional[str] = None, kind: Optional[str] = None) -> Any:
+    """A dataclass field with the CLI's help text; ``flag`` overrides ``--field-name``; ``kind`` names a
+    parser (``size``: '4G', '512M'; ``negated``: a store-false switch named by ``flag``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "kind": kind})
 
 
 @dataclass(frozen=True)
 class IngestOptions:
     """What to ingest, where to, and how to cut tiles and split work."""
 
-    source: str  # a root folder / s3:// prefix to scan, or a manifest (.csv/.yaml)
-    lake: str  # the lake root: ./lake or s3://bucket/lake
-    tile_px: Optional[int] = None  # side of the cut square in pixels (default: the spot diameter)
-    tile_um: Optional[float] = None  # ... or in micrometres (needs microns_per_pixel)
-    resize_px: Optional[int] = None  # resize every tile to this side (e.g. 224)
-    border: str = "pad"  # "pad" or "drop" spots whose square leaves the image
-    encoding: str = "jpeg"  # "jpeg" or "png"
-    quality: int = 90  # JPEG quality
-    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of decoded image / parsed matrix one task may hold
-    expr_chunk_bytes: int = 64 << 20  # dense-CSV byte range per expression task
-    max_spots_per_task: int = 20_000  # split a slide's tiles into tasks of at most this many spots
-    bin_size_um: int = 8  # VisiumHD bin size
-    in_tissue_only: bool = True
-    layouts: Optional[tuple[str, ...]] = None  # only these layouts when scanning
+    source: str = field(metadata={"help": "root folder / s3:// prefix to scan, or a manifest .csv/.yaml"})
+    lake: str = option("./lake", "lake root: a local folder or s3://bucket/prefix")
+    tile_px: Optional[int] = option(None, "side of the cut square in pixels (default: the spot diameter)")
+    tile_um: Optional[float] = option(None, "side of the cut square in micrometres (needs the slide's scale)")
+    resize_px: Optional[int] = option(None, "resize every tile to this side, e.g. 224", flag="--resize")
+    border: Border = option("pad", "spots whose square leaves the image: pad with white, or drop them")
+    encoding: TileEncoding = option("jpeg", "tile encoding in spots.tile")
+    quality: int = option(90, "JPEG quality of the tiles")
+    memory_budget: int = option(DEFAULT_MEMORY_BUDGET, "decoded image / parsed matrix one task may hold, e.g. 4G",
+                                kind="size")
+    expr_chunk_bytes: int = option(64 << 20, "dense-CSV byte range per expression task, e.g. 64M",
+                                   flag="--expr-chunk", kind="size")
+    max_spots_per_task: int = option(20_000, "split a slide's tiles into tasks of at most this many spots")
+    bin_size_um: BinSize = option(8, "VisiumHD bin size in µm", flag="--bin-size")
+    in_tissue_only: bool = option(True, "keep spots outside the tissue too", flag="--all-spots", kind="negated")
+    layouts: Optional[tuple[str, ...]] = option(None, "only these layouts when scanning (repeatable)",
+                                                flag="--layout")

@@ -18,7 +18,7 @@ import pyarrow as pa
 from stlake.ingestion import images, matrices, tiling
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import ReaderOptions, read_slide
-from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, Spots
+from stlake.ingestion.records import ExpressionSource, Rejection, Remark, SlideError, SlideRecord, SlideRef, Spots
 from stlake.lake import genes
 
 
@@ -63,8 +63,8 @@ class SlidePlan:
     tile_size_px: int = 0
     gene_rows: Optional[pa.Table] = None
     units: list[Unit] = field(default_factory=list)
-    warnings: list[tuple[str, str]] = field(default_factory=list)
-    error: Optional[tuple[str, str, str]] = None  # (stage, reason, detail)
+    warnings: list[Remark] = field(default_factory=list)
+    error: Optional[Rejection] = None
 
 
 def check_coords_inside(spots: Spots, image: images.ImageInfo) -> None:
@@ -163,6 +163,11 @@ def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[
     return units, gene_map
 
 
+def internal_error_detail(error: Exception) -> str:
+    """An unexpected exception as a ``rejects`` detail: type, message and the last frames."""
+    return f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
+
+
 def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
     """Read one slide's coordinates and headers and cut its work into units; never raises."""
     result = SlidePlan(ref=ref)
@@ -180,7 +185,7 @@ def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
         result.units = [*tile_units(record, image, size, options), *expr_units]
         result.warnings = [*record.warnings, *gene_map.collisions]
     except SlideError as error:
-        result.error = ("read", error.reason, error.detail)
+        result.error = error.rejection("read")
     except Exception as error:  # a bug or an unexpected file must not sink the other slides
-        result.error = ("read", "internal_error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+        result.error = Rejection("read", "internal_error", internal_error_detail(error))
     return result

@@ -14,6 +14,24 @@ import numpy as np
 MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
 
 
+#: Where in the run a slide was judged: its reader and planner, its tile units or its expression units.
+Stage = Literal["read", "tiles", "expression"]
+#: ``error``: the slide does not land; ``warning``: it lands, and the row says what was off.
+Severity = Literal["error", "warning"]
+#: A reader's or planner's remark on a slide that still lands: (reason, detail).
+Remark = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a slide did not land (``error``) or what was off in one that did (``warning``): a ``rejects`` row."""
+
+    stage: Stage
+    reason: str  # a short code, e.g. image_unreadable
+    detail: str  # a sentence saying what exactly was wrong and where
+    severity: Severity = "error"
+
+
 class SlideError(Exception):
     """Bad input that makes one slide unusable; the slide is written to ``rejects`` and skipped.
 
@@ -26,6 +44,10 @@ class SlideError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    def rejection(self, stage: Stage) -> Rejection:
+        """This error as a ``rejects`` row of ``stage``."""
+        return Rejection(stage, self.reason, self.detail)
 
 
 @dataclass(frozen=True)
@@ -95,4 +117,4 @@ class SlideRecord:
     microns_per_pixel: Optional[float] = None
     coord_scale: float = 1.0  # factor applied to full-res coordinates (e.g. tissue_hires_scalef)
     image_source: str = "fullres"  # "fullres" or "hires"
-    warnings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail), go to rejects
+    warnings: list[Remark] = field(default_factory=list)  # go to rejects as warnings

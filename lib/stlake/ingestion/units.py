@@ -1,32 +1,35 @@
 """Stage 2, one Spark task per unit: cut tiles or convert expression, write Parquet into the lake.
 
 A unit returns only small metadata (the files it wrote, what it saw); rows go straight to storage.
+A unit that fails deletes every file it had already written, so a failure leaves no orphan behind.
 """
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from stlake.ingestion import images, matrices, tiling
-from stlake.ingestion.plan import ExprUnit, TileUnit, Unit
+from stlake.ingestion.plan import ExprUnit, TileUnit, Unit, internal_error_detail
+from stlake.ingestion.records import Rejection, SlideError
 from stlake.lake import genes, schemas, tables
+
+UnitKind = Literal["tiles", "expression"]
 
 
 @dataclass
 class UnitResult:
-    """What one unit did. ``error`` = (reason, detail) rejects the whole slide."""
+    """What one unit did. An ``error`` rejects the whole slide."""
 
     slide_id: str
-    kind: str  # "tiles" | "expression"
+    kind: UnitKind
     files: list[tables.DataFile] = field(default_factory=list)
     rows: int = 0
-    error: Optional[tuple[str, str]] = None
+    error: Optional[Rejection] = None
     dropped_spots: list[str] = field(default_factory=list)  # tiles: border spots dropped
     padded_spots: int = 0
     peak_decoded_bytes: int = 0
@@ -78,14 +81,16 @@ def annotation_rows(unit: TileUnit, run_id: str) -> pa.Table:
                     schema=schemas.ANNOTATIONS)
 
 
-def run_tile_unit(unit: TileUnit, lake: str, run_id: str) -> UnitResult:
+def run_tile_unit(unit: TileUnit, lake: str, run_id: str,
+                  written: Optional[WrittenFiles] = None) -> UnitResult:
     """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows."""
+    written = WrittenFiles() if written is None else written
     with images.open_region_reader(unit.image_uri, unit.budget) as reader:
         tiles, dropped = tiling.cut_tiles(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget)
         peak = reader.peak_decoded_bytes
     tag = _tag(unit, run_id)
-    files = tables.write_data_files(lake, "spots", spot_rows(unit, tiles, run_id), tag)
-    files += tables.write_data_files(lake, "annotations", annotation_rows(unit, run_id), tag)
+    files = written.write(lake, "spots", spot_rows(unit, tiles, run_id), tag)
+    files += written.write(lake, "annotations", annotation_rows(unit, run_id), tag)
     return UnitResult(unit.slide_id, "tiles", files, rows=len(tiles),
                       dropped_spots=[str(s) for s in unit.spots.spot_id[np.asarray(dropped, dtype=np.int64)]],
                       padded_spots=sum(tile.padded for tile in tiles), peak_decoded_bytes=peak)
@@ -110,11 +115,13 @@ def detected_genes(rows: pa.Table) -> np.ndarray:
     return np.unique(pc.list_flatten(rows.column("gene_ids")).to_numpy()).astype(np.int64)
 
 
-def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
+def run_expression_unit(unit: ExprUnit, lake: str, run_id: str,
+                        written: Optional[WrittenFiles] = None) -> UnitResult:
     """Read one chunk of the matrix as sparse rows against global gene ids; write ``expression`` rows.
 
     Rows of spots that are not the slide's are dropped and count only as ``unknown_rows``.
     """
+    written = WrittenFiles() if written is None else written
     columns = genes.GlobalColumns.of(unit.gene_ids)
     slide_spots = unit.spot_ids.astype(str)
     parts, spot_ids, unknown = [], [], 0
@@ -124,26 +131,41 @@ def run_expression_unit(unit: ExprUnit, lake: str, run_id: str) -> UnitResult:
         spot_ids.append(batch.spot_ids[keep].astype(str))
         unknown += int((~keep).sum())
     table = pa.concat_tables(parts) if parts else schemas.EXPRESSION.empty_table()
-    files = tables.write_data_files(lake, "expression", table, _tag(unit, run_id))
+    files = written.write(lake, "expression", table, _tag(unit, run_id))
     return UnitResult(unit.slide_id, "expression", files, rows=table.num_rows,
                       spot_ids=np.concatenate(spot_ids) if spot_ids else np.zeros(0, dtype=object),
                       unknown_rows=unknown, detected_gene_ids=detected_genes(table),
                       total_counts=int(np.asarray(table.column("total_counts")).sum()) if table.num_rows else 0)
 
 
+class WrittenFiles(list):
+    """The data files a unit has written so far (a list of ``DataFile``): what to delete if it fails."""
+
+    def write(self, lake: str, table_name: str, rows: pa.Table, tag: str) -> list[tables.DataFile]:
+        """Write ``rows`` as data files of ``table_name`` and remember them."""
+        files = tables.write_data_files(lake, table_name, rows, tag)
+        self.extend(files)
+        return files
+
+
+def unit_kind(unit: Unit) -> UnitKind:
+    """``tiles`` or ``expression``."""
+    return "tiles" if isinstance(unit, TileUnit) else "expression"
+
+
 def run_unit(unit: Unit, lake: str, run_id: str) -> UnitResult:
-    """Run one unit; bad input or a failure becomes ``error`` (never raises), written files are reported."""
-    kind = "tiles" if isinstance(unit, TileUnit) else "expression"
+    """Run one unit; bad input or a failure becomes ``error`` (never raises) and deletes what it wrote."""
+    kind, written = unit_kind(unit), WrittenFiles()
     started = time.perf_counter()
     try:
-        result = run_tile_unit(unit, lake, run_id) if isinstance(unit, TileUnit) else \
-            run_expression_unit(unit, lake, run_id)
-    except Exception as error:
-        from stlake.ingestion.records import SlideError
-        if isinstance(error, SlideError):
-            result = UnitResult(unit.slide_id, kind, error=(error.reason, error.detail))
+        if isinstance(unit, TileUnit):
+            result = run_tile_unit(unit, lake, run_id, written)
         else:
-            detail = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
-            result = UnitResult(unit.slide_id, kind, error=("internal_error", detail))
+            result = run_expression_unit(unit, lake, run_id, written)
+    except Exception as error:
+        tables.discard(lake, written)
+        rejection = error.rejection(kind) if isinstance(error, SlideError) else \
+            Rejection(kind, "internal_error", internal_error_detail(error))
+        result = UnitResult(unit.slide_id, kind, error=rejection)
     result.seconds = time.perf_counter() - started
     return result

@@ -111,13 +111,19 @@ def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str) -> Da
 
 
 def write_data_files(lake: str, table_name: str, table: pa.Table, tag: str) -> list[DataFile]:
-    """Write ``table`` as files of at most ``schemas.FILE_BYTES`` each (one file for small tables)."""
+    """Write ``table`` as files of at most ``schemas.FILE_BYTES`` each (one file for small tables); all or none."""
     if table.num_rows == 0:
         return []
     per_row = max(table.nbytes / table.num_rows, 1.0)
     step = max(1, int(schemas.FILE_BYTES / per_row))
-    return [write_data_file(lake, table_name, table.slice(start, step), f"{tag}-{start // step:03d}")
-            for start in range(0, table.num_rows, step)]
+    written: list[DataFile] = []
+    try:
+        for start in range(0, table.num_rows, step):
+            written.append(write_data_file(lake, table_name, table.slice(start, step), f"{tag}-{start // step:03d}"))
+    except BaseException:
+        discard(lake, written)  # no orphan: a failed write leaves none of its files behind
+        raise
+    return written
 
 
 def discard(lake: str, files: Iterable[DataFile]) -> None:

@@ -95,7 +95,7 @@ def check_unique(ids: np.ndarray, path: str) -> None:
     if duplicated.any():
         names = list(dict.fromkeys(ids[duplicated].tolist()))
         raise SlideError("duplicate_spot_ids", f"{len(names)} spot id(s) occur more than once in {path}, "
-                                               f"e.g. {', '.join(map(str, names[:SHOW_IDS]))}")
+                                               f"e.g. {preview(names)}")
 
 
 def as_float(values: Any, path: str, column: str) -> np.ndarray:
@@ -133,10 +133,10 @@ def make_spots(spot_id: np.ndarray, x: np.ndarray, y: np.ndarray, in_tissue: Opt
 
 
 def preview(ids: Iterable[Any]) -> str:
-    """The first few ids, comma separated."""
+    """The first few ids, comma separated, and how many more there are: ``a, b, c, d, e (+3 more)``."""
     ids = list(ids)
     shown = ", ".join(map(str, ids[:SHOW_IDS]))
-    return shown + (", ..." if len(ids) > SHOW_IDS else "")
+    return shown + (f" (+{len(ids) - SHOW_IDS} more)" if len(ids) > SHOW_IDS else "")
 
 
 # ---------------------------------------------------------------- images
