@@ -16,15 +16,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import cv2
 import numpy as np
 
 from stlake.ingestion.images import RegionReader
 
-BORDERS = ("pad", "drop")
-ENCODINGS = ("jpeg", "png")
+#: What happens to a square that reaches past the image: padded with white, or not cut at all.
+Border = Literal["pad", "drop"]
+#: The file format each tile is encoded as.
+TileEncoding = Literal["jpeg", "png"]
+
+BORDERS: tuple[Border, ...] = get_args(Border)
+ENCODINGS: tuple[TileEncoding, ...] = get_args(TileEncoding)
 PAD_VALUE = 255  # constant white padding
 NEAR_WHITE = 220  # a pixel whose three channels are all >= this is background, whatever its saturation
 PNG_COMPRESSION = 1  # fast; tiles are small
@@ -36,8 +41,8 @@ class TileSpec:
 
     size_px: int
     resize_px: Optional[int] = None
-    border: str = "pad"
-    encoding: str = "jpeg"
+    border: Border = "pad"
+    encoding: TileEncoding = "jpeg"
     quality: int = 90
     tissue_saturation: int = 20
 
@@ -164,7 +169,7 @@ def split_spots_into_regions(y: np.ndarray, size_px: int, width: int, height: in
 class _BandSource:
     """Band pixels from a reader; for streaming readers it keeps the overlap with the last band."""
 
-    def __init__(self, reader: RegionReader):
+    def __init__(self, reader: RegionReader) -> None:
         self._reader = reader
         self._top = 0
         self._rows = np.zeros((0, reader.info.width, 3), np.uint8)
@@ -208,6 +213,7 @@ def _cut(band: np.ndarray, r0: int, c0: int, x0: int, y0: int, size: int,
 
 
 def _encoder(spec: TileSpec) -> tuple[str, list[int]]:
+    """File extension and OpenCV ``imencode`` parameters for the spec's encoding."""
     if spec.encoding == "jpeg":
         return ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(spec.quality)]
     return ".png", [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]

@@ -1,0 +1,256 @@
+"""PNG: the IHDR header, the header probe, chunk writing and the streaming reader for PNGs over budget.
+
+A PNG within budget is decoded whole by ``region._CachedReader``; one over budget is streamed top
+to bottom by ``_PngStreamReader``: the IDAT data is inflated incrementally and each strip of rows is
+re-wrapped as a small PNG and decoded by OpenCV, so only a strip is ever held. Interlaced PNGs over
+budget cannot be streamed.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Optional
+
+import cv2
+import numpy as np
+
+from stlake.ingestion.images.base import ImageInfo, RegionReader, _check_tail, _imdecode, _SeqReader
+from stlake.ingestion.records import SlideError
+from stlake.lake import storage
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, ``kind``, ``data`` and its CRC."""
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))))
+
+
+IEND_CHUNK = png_chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class _PngHeader:
+    """The IHDR fields the readers need."""
+
+    width: int
+    height: int
+    depth: int
+    color_type: int
+    interlace: int
+
+    @property
+    def samples(self) -> int:
+        """Samples per pixel as stored (palette = 1 index)."""
+        return {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[self.color_type]
+
+    @property
+    def rowbytes(self) -> int:
+        """Bytes of one unfiltered scanline."""
+        return (self.width * self.samples * self.depth + 7) // 8
+
+
+def _parse_ihdr(head: bytes) -> _PngHeader:
+    """The IHDR of a PNG's first 33 bytes, checked; ``SlideError`` when it is invalid."""
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise SlideError("image_unreadable", "PNG without a valid IHDR chunk")
+    width, height, depth, color_type, comp, filt, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    if width == 0 or height == 0 or depth not in _PNG_DEPTHS.get(color_type, ()) \
+            or comp != 0 or filt != 0 or interlace > 1:
+        raise SlideError("image_unreadable", f"PNG IHDR is invalid ({width}x{height}, bit depth {depth}, "
+                                             f"color type {color_type})")
+    return _PngHeader(width, height, depth, color_type, interlace)
+
+
+def _probe_png(fh: BinaryIO) -> tuple[ImageInfo, _PngHeader]:
+    """Info and IHDR of an open PNG; the file must end with its IEND chunk."""
+    fh.seek(0)
+    header = _parse_ihdr(fh.read(33))
+    _check_tail(fh, b"IEND", 33, "PNG")
+    channels = 3 if header.color_type == 3 else header.samples
+    return ImageInfo(header.width, header.height, channels, "png", False), header
+
+
+class _PngStreamReader(RegionReader):
+    """A non-interlaced PNG over budget, decoded strip by strip from top to bottom.
+
+    Each strip of rows ``[a, b)`` becomes a small PNG whose first row is the reconstructed row
+    ``a - 1`` (filter 0) followed by the original filtered scanlines of rows ``a..b-1`` (copied
+    verbatim; they reference the previous row), stored uncompressed and decoded by OpenCV with
+    ``IMREAD_UNCHANGED``. Palette images are decoded as gray (the indices) and mapped through the
+    palette here, so the raw bytes of the last row can be rebuilt for the next strip. Results are
+    bit-identical to one ``cv2.imdecode(IMREAD_COLOR)`` of the whole file.
+
+    ``read_rows`` with ``y0`` above the current stream position restarts the stream from the first
+    IDAT chunk (correct but slow): callers should go top to bottom.
+    """
+
+    streaming = True
+
+    def __init__(self, uri: str, info: ImageInfo, budget_bytes: int, header: _PngHeader) -> None:
+        super().__init__(info, budget_bytes)
+        self._uri, self._h = uri, header
+        self._fh = storage.open_input(uri)
+        self._palette, self._idat_offset = self._prelude()
+        self._mini_type = 0 if header.color_type == 3 else header.color_type
+        self._scale = 255 // ((1 << header.depth) - 1) if header.depth < 8 else 1
+        self._strip_rows = self._rows_per_strip(header, budget_bytes)
+        self.restarts = 0
+        self._restart()
+
+    @staticmethod
+    def _rows_per_strip(header: _PngHeader, budget_bytes: int) -> int:
+        """Rows decoded at once: all their buffers within an eighth of the budget (64 MiB at most)."""
+        out_row = header.width * 3
+        unchanged_row = header.width * (4 if header.samples > 1 else 1) * (2 if header.depth == 16 else 1)
+        per_row = 3 * (header.rowbytes + 1) + unchanged_row + out_row
+        return max(1, min(header.height, min(budget_bytes // 8, 64 << 20) // per_row))
+
+    def _fail(self, detail: str) -> SlideError:
+        return SlideError("image_unreadable", f"{self._uri}: {detail}")
+
+    def _prelude(self) -> tuple[Optional[np.ndarray], int]:
+        """BGR palette (256 x 3, for color type 3) and the offset of the first IDAT chunk."""
+        reader = _SeqReader(self._fh, 8, 1 << 16)
+        palette = None
+        while True:
+            offset = reader.position
+            head = reader.read(8)
+            if len(head) < 8:
+                raise self._fail("PNG has no image data (IDAT)")
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IDAT":
+                break
+            if kind == b"PLTE":
+                rgb = np.frombuffer(reader.read(length), np.uint8).reshape(-1, 3)
+                palette = np.zeros((256, 3), np.uint8)
+                palette[: len(rgb)] = rgb[:256, ::-1]
+                reader.skip(4)
+            else:
+                reader.skip(length + 4)
+        if self._h.color_type == 3 and palette is None:
+            raise self._fail("palette PNG without a PLTE chunk")
+        return palette, offset
+
+    def _restart(self) -> None:
+        """Go back to the first row (counted in ``restarts`` unless nothing was read yet)."""
+        if getattr(self, "_row", 0):
+            self.restarts += 1
+        self._pieces = self._idat_pieces()
+        self._inflate = zlib.decompressobj()
+        self._pending = b""
+        self._row = 0
+        self._prev = bytes(self._h.rowbytes)
+
+    def _idat_pieces(self) -> Iterator[bytes]:
+        """The concatenated IDAT payload in pieces of at most 1 MiB, CRCs checked."""
+        reader = _SeqReader(self._fh, self._idat_offset, 4 << 20)
+        while True:
+            head = reader.read(8)
+            if len(head) < 8:
+                raise self._fail("PNG is truncated inside its image data")
+            length, kind = struct.unpack(">I4s", head)
+            if kind != b"IDAT":
+                return
+            crc, left = zlib.crc32(kind), length
+            while left:
+                piece = reader.read(min(left, 1 << 20))
+                if not piece:
+                    raise self._fail("PNG is truncated inside its image data")
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+                yield piece
+            stored = reader.read(4)
+            if len(stored) < 4 or struct.unpack(">I", stored)[0] != crc:
+                raise self._fail("PNG image data is corrupt (IDAT CRC mismatch) or truncated")
+
+    def _filtered(self, nbytes: int) -> bytes:
+        """The next ``nbytes`` of filtered scanlines."""
+        parts, have = [], 0
+        while have < nbytes:
+            if not self._pending:
+                self._pending = next(self._pieces, b"")
+                if not self._pending:
+                    raise self._fail(f"PNG image data ends before row {self._row} of {self._h.height}")
+            try:
+                piece = self._inflate.decompress(self._pending, nbytes - have)
+            except zlib.error as error:
+                raise self._fail(f"PNG image data is corrupt near row {self._row} ({error})") from None
+            self._pending = self._inflate.unconsumed_tail
+            if piece:
+                parts.append(piece)
+                have += len(piece)
+            elif self._inflate.eof:
+                raise self._fail(f"PNG image data ends before row {self._row} of {self._h.height}")
+        return b"".join(parts)
+
+    def _decode_rows(self, n: int) -> np.ndarray:
+        """The next ``n`` rows as OpenCV decodes them with ``IMREAD_UNCHANGED``."""
+        h = self._h
+        payload = zlib.compress(b"".join((b"\x00", self._prev, self._filtered(n * (h.rowbytes + 1)))), 0)
+        ihdr = struct.pack(">IIBBBBB", h.width, n + 1, h.depth, self._mini_type, 0, 0, 0)
+        png = b"".join((PNG_SIGNATURE, png_chunk(b"IHDR", ihdr), png_chunk(b"IDAT", payload), IEND_CHUNK))
+        del payload
+        rows = _imdecode(png, cv2.IMREAD_UNCHANGED)
+        if rows is None or rows.shape[0] != n + 1:
+            raise self._fail(f"PNG image data is corrupt in rows {self._row}..{self._row + n - 1}")
+        rows = rows[1:]
+        self._prev = self._raw_row(rows[-1])
+        self._row += n
+        return rows
+
+    def _raw_row(self, row: np.ndarray) -> bytes:
+        """Rebuild the unfiltered PNG bytes of one decoded row (the next strip's reference row)."""
+        h = self._h
+        if row.ndim == 2:
+            order = {2: [2, 1, 0], 4: [0, 3], 6: [2, 1, 0, 3]}[h.color_type]
+            row = row[:, order]
+        if h.depth == 16:
+            return np.ascontiguousarray(row, dtype=">u2").tobytes()
+        if h.depth == 8:
+            return np.ascontiguousarray(row).tobytes()
+        per = 8 // h.depth
+        values = (row // self._scale).astype(np.uint8)
+        values = np.concatenate([values, np.zeros((-len(values)) % per, np.uint8)]).reshape(-1, per)
+        shifts = (h.depth * np.arange(per - 1, -1, -1)).astype(np.uint8)
+        return np.bitwise_or.reduce(values << shifts, axis=1).astype(np.uint8).tobytes()
+
+    def _to_bgr(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as decoded with ``IMREAD_UNCHANGED`` -> BGR ``uint8`` (palette applied)."""
+        if self._palette is not None:
+            return self._palette[rows // self._scale if self._scale > 1 else rows]
+        if rows.dtype == np.uint16:
+            rows = (rows >> 8).astype(np.uint8)
+        if rows.ndim == 2:
+            return cv2.cvtColor(rows, cv2.COLOR_GRAY2BGR)
+        if rows.shape[2] == 4:
+            return cv2.cvtColor(rows, cv2.COLOR_BGRA2BGR)
+        return rows
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``[y0, y1)``: skips forward to ``y0``, or restarts the stream when ``y0`` was passed."""
+        y0, y1, _, _ = self._clip(y0, y1, 0, 0)
+        if y0 < self._row:
+            self._restart()
+        while self._row < y0:
+            self._note(self._decode_rows(min(self._strip_rows, y0 - self._row)).nbytes)
+        out = np.empty((y1 - y0, self.info.width, 3), np.uint8)
+        pos = 0
+        while pos < len(out):
+            rows = self._decode_rows(min(self._strip_rows, len(out) - pos))
+            bgr = self._to_bgr(rows)
+            self._note(out.nbytes + rows.nbytes + bgr.nbytes)
+            out[pos:pos + len(bgr)] = bgr
+            pos += len(bgr)
+        return out
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
+        """Whole rows ``[y0, y1)`` streamed, then cut to columns ``[x0, x1)``."""
+        _, _, x0, x1 = self._clip(y0, y1, x0, x1)
+        return self.read_rows(y0, y1)[:, x0:x1]
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()

@@ -1,0 +1,72 @@
+"""Format sniffing (magic bytes, never the file extension) and header probes dispatched by format."""
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO, Optional
+
+from stlake.ingestion.images.base import ImageFormat, ImageInfo
+from stlake.ingestion.images.jpeg import _probe_jpeg
+from stlake.ingestion.images.png import PNG_SIGNATURE, _PngHeader, _probe_png
+from stlake.ingestion.images.tiff import _TiffLevel
+from stlake.ingestion.records import SlideError
+from stlake.lake import storage
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def sniff_format(head: bytes) -> ImageFormat:
+    """``"png"``, ``"jpeg"`` or ``"tiff"`` from a file's first bytes; ``SlideError`` otherwise."""
+    if head.startswith(PNG_SIGNATURE[: min(len(head), 8)]) and len(head) >= 4:
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in _TIFF_MAGIC:
+        return "tiff"
+    if not head:
+        raise SlideError("image_unreadable", "the image file is empty")
+    raise SlideError("image_unreadable", f"not a PNG, JPEG or TIFF file (starts with {head[:8]!r})")
+
+
+def probe_image(uri: str) -> ImageInfo:
+    """Width, height, channels and format from the headers only (pixels are never decoded)."""
+    fh, info, _, level = _open_probed(uri)
+    if level is not None:
+        level.close()
+    fh.close()
+    return info
+
+
+@contextlib.contextmanager
+def _header_errors(uri: str) -> Iterator[None]:
+    """Header problems become ``SlideError`` naming ``uri``."""
+    try:
+        yield
+    except SlideError as error:
+        raise SlideError(error.reason, f"{uri}: {error.detail}") from None
+    except (OSError, ValueError, struct.error, IndexError, KeyError) as error:
+        raise SlideError("image_unreadable", f"{uri}: cannot read the image header ({error})") from None
+
+
+def _parse_header(fh: BinaryIO) -> tuple[ImageInfo, Optional[_PngHeader], Optional[_TiffLevel]]:
+    """Sniff and parse the header of an open file; a TIFF's level comes back open."""
+    fmt = sniff_format(fh.read(16))
+    if fmt == "png":
+        info, header = _probe_png(fh)
+        return info, header, None
+    if fmt == "jpeg":
+        return _probe_jpeg(fh), None, None
+    level = _TiffLevel(fh)
+    return level.info, None, level
+
+
+def _open_probed(uri: str) -> tuple[BinaryIO, ImageInfo, Optional[_PngHeader], Optional[_TiffLevel]]:
+    """``uri`` opened and its header parsed once; the caller closes the file (and a TIFF level)."""
+    with _header_errors(uri):
+        fh = storage.open_input(uri)
+        try:
+            return (fh, *_parse_header(fh))
+        except BaseException:
+            fh.close()
+            raise

@@ -1,0 +1,91 @@
+"""``open_region_reader``: the reader each format and budget calls for, and the cached whole-image reader.
+
+* **TIFF**: random access (``tiff._TiffReader``), whatever the budget.
+* **PNG / JPEG within budget**: one ``cv2.imdecode``, cached (``_CachedReader``).
+* **PNG over budget**: streamed top to bottom (``png._PngStreamReader``); interlaced: ``image_too_large``.
+* **JPEG over budget**: ``image_too_large`` (no random access; convert such slides to tiled TIFF).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, _imdecode, decoded_bytes
+from stlake.ingestion.images.png import _PngHeader, _PngStreamReader
+from stlake.ingestion.images.probe import _open_probed
+from stlake.ingestion.images.tiff import _TiffReader
+from stlake.ingestion.options import DEFAULT_MEMORY_BUDGET
+from stlake.ingestion.records import SlideError
+from stlake.lake import storage
+
+logger = logging.getLogger(__name__)
+
+
+class _CachedReader(RegionReader):
+    """A PNG or JPEG within budget: decoded once with OpenCV on first use, then sliced."""
+
+    def __init__(self, uri: str, info: ImageInfo, budget_bytes: int) -> None:
+        super().__init__(info, budget_bytes)
+        self._uri = uri
+        self._image: Optional[np.ndarray] = None
+
+    def _decode(self) -> np.ndarray:
+        """The whole image, read-only; ``SlideError`` when OpenCV cannot decode it at full size."""
+        with storage.open_input(self._uri) as fh:
+            data = fh.read()
+        image = _imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        del data
+        if image is None or image.shape[:2] != (self.info.height, self.info.width):
+            raise SlideError("image_unreadable", f"{self._uri}: the {self.info.format.upper()} data is "
+                                                 "corrupt or truncated (OpenCV could not decode it)")
+        image.flags.writeable = False
+        self._note(image.nbytes)
+        return image
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int, needed: Optional[np.ndarray] = None) -> np.ndarray:
+        """A read-only view of the decoded image (decoded on the first call)."""
+        if self._image is None:
+            self._image = self._decode()
+        y0, y1, x0, x1 = self._clip(y0, y1, x0, x1)
+        return self._image[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        """Drop the decoded image."""
+        self._image = None
+
+
+def open_region_reader(uri: str, budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> RegionReader:
+    """A reader for ``uri`` that keeps decoded pixels within ``budget_bytes`` where the format allows.
+
+    Raises ``SlideError("image_too_large")`` for a JPEG (or interlaced PNG) over budget, and
+    ``SlideError("image_unreadable")`` for anything that is not a readable PNG/JPEG/TIFF.
+    A TIFF is opened and its structure parsed once; the reader keeps that file and level.
+    """
+    fh, info, png, level = _open_probed(uri)
+    if level is not None:
+        return _TiffReader(uri, fh, level, budget_bytes)
+    fh.close()
+    if decoded_bytes(info) <= budget_bytes:
+        return _CachedReader(uri, info, budget_bytes)
+    return _over_budget_reader(uri, info, budget_bytes, png)
+
+
+def _over_budget_reader(uri: str, info: ImageInfo, budget_bytes: int, png: Optional[_PngHeader]) -> RegionReader:
+    """The streaming reader of a non-interlaced PNG over budget; ``image_too_large`` for anything else."""
+    gb = f"{decoded_bytes(info) / GIB:.2f} GB"
+    budget = f"{budget_bytes / GIB:.2f} GB"
+    if info.format == "jpeg":
+        raise SlideError("image_too_large", f"{uri}: JPEG of {info.width}x{info.height} needs {gb} decoded, over "
+                                            f"the per-task budget {budget}; convert it to a tiled TIFF or raise "
+                                            "--memory-budget")
+    assert png is not None
+    if png.interlace:
+        raise SlideError("image_too_large", f"{uri}: interlaced PNG over the memory budget; {info.width}x"
+                                            f"{info.height} needs {gb} decoded, budget {budget}: save it "
+                                            "non-interlaced or as a tiled TIFF, or raise --memory-budget")
+    logger.debug("%s: PNG of %dx%d needs %s decoded, over the budget %s: streamed strip by strip",
+                 uri, info.width, info.height, gb, budget)
+    return _PngStreamReader(uri, info, budget_bytes, png)
