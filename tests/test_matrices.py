@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from typing import get_args
 
 import h5py
 import numpy as np
@@ -11,7 +12,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from stlake.ingestion import matrices as ex
-from stlake.ingestion.records import ExpressionSource, SlideError
+from stlake.ingestion.matrices import batch as batching
+from stlake.ingestion.matrices import tenx_h5, text_parse
+from stlake.ingestion.matrices import text as text_lines
+from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
 from stlake.lake import storage
 
 
@@ -32,7 +36,7 @@ def read_all(src: ExpressionSource, chunk_bytes: int = 1 << 30) -> tuple[ex.Expr
         for batch in ex.read_chunk(src, plan, chunk):
             assert batch.indptr.dtype == np.int64 and batch.indices.dtype == np.int32
             assert batch.counts.dtype == np.int32 and (batch.counts > 0).all()
-            assert len(batch) <= ex.MAX_BATCH_ROWS
+            assert len(batch) <= batching.MAX_BATCH_ROWS
             for r in range(len(batch)):
                 lo, hi = batch.indptr[r], batch.indptr[r + 1]
                 assert (np.diff(batch.indices[lo:hi]) > 0).all()
@@ -79,8 +83,8 @@ def test_dense_csv_chunks_match_pandas(tmp_path, newline, trailing, chunk_bytes)
 
 @pytest.mark.parametrize("parse_block,read_block", [(64, 50), (300, 1 << 20), (1 << 20, 7)])
 def test_dense_csv_block_boundaries(tmp_path, monkeypatch, parse_block, read_block):
-    monkeypatch.setattr(ex, "PARSE_BLOCK", parse_block)
-    monkeypatch.setattr(ex, "READ_BLOCK", read_block)
+    monkeypatch.setattr(text_parse, "PARSE_BLOCK", parse_block)
+    monkeypatch.setattr(text_lines, "READ_BLOCK", read_block)
     frame = random_counts(n_spots=40, n_genes=12, seed=3)
     uri = write(tmp_path / "c.csv", csv_text(frame, newline="\r\n"))
     for chunk_bytes in (33, 500, 1 << 30):
@@ -103,8 +107,8 @@ def test_fast_and_careful_parsers_agree(tmp_path):
     for text in (csv_text(frame), frame.astype(float).to_csv(), csv_text(frame, newline="\r\n")):
         body = text.split("\n", 1)[1].encode()
         genes = list(frame.columns)
-        fast = ex._parse_fast(memoryview(body), len(genes), ",")
-        careful = ex._parse_careful(memoryview(body), genes, ",", "x")
+        fast = text_parse._parse_fast(memoryview(body), len(genes), ",")
+        careful = text_parse._parse_careful(memoryview(body), genes, ",", "x")
         assert fast is not None
         for name in ("spot_ids", "indptr", "indices", "counts"):
             np.testing.assert_array_equal(getattr(fast, name), getattr(careful, name))
@@ -119,7 +123,7 @@ def test_dense_csv_r_style_header_quotes_and_sep(tmp_path):
 
 
 def test_dense_csv_gzip_is_one_streamed_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "READ_BLOCK", 64)
+    monkeypatch.setattr(text_lines, "READ_BLOCK", 64)
     frame = random_counts()
     uri = write(tmp_path / "g.csv.gz", gzip.compress(csv_text(frame).encode()))
     plan, got = read_all(ExpressionSource("dense_csv", uri), 100)
@@ -128,8 +132,8 @@ def test_dense_csv_gzip_is_one_streamed_chunk(tmp_path, monkeypatch):
 
 
 def test_batches_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "MAX_BATCH_ROWS", 7)
-    monkeypatch.setattr(ex, "PARSE_BLOCK", 256)
+    monkeypatch.setattr(batching, "MAX_BATCH_ROWS", 7)
+    monkeypatch.setattr(text_parse, "PARSE_BLOCK", 256)
     frame = random_counts(n_spots=50, n_genes=5)
     uri = write(tmp_path / "b.csv", csv_text(frame))
     plan = ex.plan_expression(ExpressionSource("dense_csv", uri))
@@ -171,8 +175,8 @@ def test_duplicate_spot_ids_within_chunk(tmp_path):
 
 
 def test_duplicate_spot_ids_across_batches_of_a_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "MAX_BATCH_ROWS", 2)
-    monkeypatch.setattr(ex, "PARSE_BLOCK", 8)
+    monkeypatch.setattr(batching, "MAX_BATCH_ROWS", 2)
+    monkeypatch.setattr(text_parse, "PARSE_BLOCK", 8)
     text = ",A,B\ns1,1,0\ns2,0,3\ns3,0,3\ns1,2,2\n"
     assert error_of(ExpressionSource("dense_csv", write(tmp_path / "x.csv", text))).reason == "duplicate_spot_ids"
 
@@ -257,8 +261,8 @@ def test_tenx_h5_through_a_file_object(tmp_path, monkeypatch):
     """The path taken for s3:// matrices: h5py reading a buffered pyarrow NativeFile."""
     frame = barcode_frame(n_spots=10)
     path = write_h5(tmp_path / "m.h5", frame)
-    monkeypatch.setattr(ex.storage, "is_s3", lambda uri: True)
-    monkeypatch.setattr(ex.storage, "open_input", lambda uri: pafs.LocalFileSystem().open_input_file(uri))
+    monkeypatch.setattr(tenx_h5.storage, "is_s3", lambda uri: True)
+    monkeypatch.setattr(tenx_h5.storage, "open_input", lambda uri: pafs.LocalFileSystem().open_input_file(uri))
     _, got = read_all(ExpressionSource("tenx_h5", path), 100)
     np.testing.assert_array_equal(got.to_numpy(), frame.to_numpy())
 
@@ -293,12 +297,17 @@ def write_mtx(folder, frame: pd.DataFrame) -> str:
 
 
 def test_tenx_mtx_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "MAX_BATCH_ROWS", 16)
+    monkeypatch.setattr(batching, "MAX_BATCH_ROWS", 16)
     frame = barcode_frame(n_spots=40)
     plan, got = read_all(ExpressionSource("tenx_mtx", write_mtx(tmp_path / "filtered_feature_bc_matrix", frame)))
     assert [c.kind for c in plan.chunks] == ["matrix"] and plan.genes[-1] == "Gene19"
     assert list(got.index) == list(frame.index)
     np.testing.assert_array_equal(got.to_numpy(), frame.to_numpy())
+
+
+def test_every_matrix_kind_has_a_format():
+    assert set(ex.FORMATS) == set(get_args(MatrixKind))
+    assert all(kind == fmt.kind and fmt.chunk_kinds for kind, fmt in ex.FORMATS.items())
 
 
 def test_unknown_kind_is_rejected():
@@ -309,7 +318,7 @@ def test_unknown_kind_is_rejected():
 
 def test_raw_file_adapter_reads_and_seeks(tmp_path):
     path = write(tmp_path / "b.bin", bytes(range(256)) * 10)
-    handle = ex._h5_file_object(pafs.LocalFileSystem().open_input_file(path), buffer_size=16)
+    handle = tenx_h5._h5_file_object(pafs.LocalFileSystem().open_input_file(path), buffer_size=16)
     handle.seek(300)
     assert handle.read(3) == bytes([44, 45, 46]) and handle.tell() == 303
     handle.seek(-2, io.SEEK_END)

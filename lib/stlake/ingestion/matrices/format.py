@@ -1,0 +1,44 @@
+"""The declaration every count-matrix module makes once: ``FORMAT = MatrixFormat(...)``.
+
+A format is one ``ExpressionSource.kind`` (``MatrixKind``). Its declaration says how a matrix of that
+kind is planned (headers / metadata only -> genes and chunks) and how one chunk is read (-> validated
+``SparseBatch`` es), and which chunk kinds its planner makes. The registry in
+:mod:`stlake.ingestion.matrices` is built from these declarations.
+"""
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch
+from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
+
+#: A source and the chunk size in bytes -> its genes and chunks, from headers / metadata only.
+Plan = Callable[[ExpressionSource, int], ExprPlan]
+#: A source, its plan and one of its chunks -> the chunk's rows in batches of validated counts.
+ReadChunk = Callable[[ExpressionSource, ExprPlan, ExprChunk], Iterator[SparseBatch]]
+
+
+@dataclass(frozen=True)
+class MatrixFormat:
+    """One count-matrix format, declared by its module."""
+
+    kind: MatrixKind
+    plan: Plan
+    read: ReadChunk
+    chunk_kinds: tuple[str, ...]  # the ``ExprChunk.kind`` s its planner makes
+
+
+@contextlib.contextmanager
+def unreadable(uri: str) -> Iterator[None]:
+    """Turn I/O and format errors into ``SlideError('expression_unreadable')`` naming ``uri``."""
+    try:
+        yield
+    except SlideError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error, pa.ArrowException) as error:
+        raise SlideError("expression_unreadable", f"{uri}: {type(error).__name__}: {error}") from error

@@ -1,0 +1,126 @@
+"""10x HDF5 count matrices (``tenx_h5``): Cell Ranger / Space Ranger ``*_feature_bc_matrix.h5``.
+
+A CSC matrix with one column per barcode (group ``matrix`` since Cell Ranger 3, one group per
+genome before). Planning reads the features and the shape only; a chunk is a barcode range, read by
+slicing ``indptr`` / ``indices`` / ``data`` directly with h5py (scanpy / anndata would load the whole
+matrix; a slice keeps memory bounded by the chunk). ``s3://`` files are read through a buffered file
+object over a pyarrow ``NativeFile`` (ranged GETs).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, row_ranges
+from stlake.ingestion.matrices.format import MatrixFormat
+from stlake.ingestion.matrices.tenx import GENE_EXPRESSION, csc_batch, decode, gene_plan, local_columns
+from stlake.ingestion.records import ExpressionSource, SlideError
+from stlake.lake import storage
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+
+class _RawFile(io.RawIOBase):
+    """A ``RawIOBase`` over a pyarrow ``NativeFile`` so reads can be buffered (fewer S3 requests)."""
+
+    def __init__(self, native: BinaryIO) -> None:
+        self._native = native
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer)
+        data = self._native.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._native.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._native.tell()
+
+    def close(self) -> None:
+        self._native.close()
+        super().close()
+
+
+def _h5_file_object(native: BinaryIO, buffer_size: int = 1 << 18) -> io.BufferedReader:
+    """A buffered file object h5py can read (used for ``s3://`` matrices)."""
+    return io.BufferedReader(_RawFile(native), buffer_size=buffer_size)
+
+
+@contextlib.contextmanager
+def _open_h5(uri: str) -> Iterator[Any]:
+    """``uri`` opened read-only with h5py (imported here: only 10x matrices need it)."""
+    import h5py
+
+    if not storage.is_s3(uri):
+        with h5py.File(storage.normalize(uri), "r") as handle:
+            yield handle
+        return
+    with _h5_file_object(storage.open_input(uri)) as fileobj, h5py.File(fileobj, "r") as handle:
+        yield handle
+
+
+def _h5_group(handle: Any, uri: str) -> Any:
+    """``matrix`` (Cell Ranger 3+) or the single genome group of the v2 format."""
+    if "matrix" in handle:
+        return handle["matrix"]
+    groups = [key for key in handle.keys() if "indptr" in handle[key]]
+    if not groups:
+        raise SlideError("expression_unreadable", f"no matrix group in {uri}")
+    return handle[groups[0]]
+
+
+def _h5_features(group: Any) -> tuple[list[str], list[str], list[str]]:
+    """Feature ids, names and types (types all Gene Expression for the v2 format)."""
+    if "features" in group:
+        features = group["features"]
+        ids, names = decode(features["id"][:]), decode(features["name"][:])
+        types = decode(features["feature_type"][:]) if "feature_type" in features else [GENE_EXPRESSION] * len(ids)
+    else:
+        ids, names = decode(group["genes"][:]), decode(group["gene_names"][:])
+        types = [GENE_EXPRESSION] * len(ids)
+    return ids, names, types
+
+
+def plan(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
+    """Features and barcode count; chunks of barcodes holding about ``chunk_bytes`` of indices + data."""
+    with _open_h5(src.uri) as handle:
+        group = _h5_group(handle, src.uri)
+        ids, names, types = _h5_features(group)
+        n_features, n_barcodes = (int(v) for v in group["shape"][:2])
+        nnz = int(group["data"].shape[0])
+        entry = group["data"].dtype.itemsize + group["indices"].dtype.itemsize
+    if n_features != len(ids):
+        raise SlideError("expression_unreadable", f"{src.uri}: shape says {n_features} features, found {len(ids)}")
+    per_chunk = max(1, int(chunk_bytes // max(1.0, nnz / max(1, n_barcodes) * entry)))
+    chunks = [ExprChunk("barcodes", b, min(b + per_chunk, n_barcodes)) for b in range(0, n_barcodes, per_chunk)]
+    genes, ensembl, symbols, rows = gene_plan(ids, names, types)
+    return ExprPlan(genes, ensembl, symbols, chunks, n_barcodes, columns=rows)
+
+
+def read(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> Iterator[SparseBatch]:
+    """The barcodes of one chunk, sliced from the CSC arrays a batch at a time."""
+    with _open_h5(src.uri) as handle:
+        group = _h5_group(handle, src.uri)
+        lookup = local_columns(expr_plan, int(group["shape"][0]))
+        for b0, b1 in row_ranges(chunk.start, chunk.stop):
+            indptr = group["indptr"][b0:b1 + 1].astype(np.int64)
+            p0, p1 = int(indptr[0]), int(indptr[-1])
+            ids = np.array([s.strip() for s in decode(group["barcodes"][b0:b1])], dtype=object)
+            yield csc_batch(ids, indptr - p0, group["indices"][p0:p1].astype(np.int64), group["data"][p0:p1],
+                            lookup, expr_plan.genes, src.uri)
+
+
+FORMAT = MatrixFormat("tenx_h5", plan, read, ("barcodes",))
