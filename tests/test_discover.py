@@ -1,26 +1,15 @@
 """Slide discovery: a scanned root holding all four layouts, CSV and YAML manifests, duplicates."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
+import readerdata as fx
 from stlake.ingestion.discover import MAX_DEPTH, discover
 from stlake.ingestion.readers import ReaderOptions, read_slide, stimage, visium
 from stlake.lake import storage
-
-
-def _fixtures():
-    """The fixture builders of test_readers.py, loaded by path (works in any pytest import mode)."""
-    spec = importlib.util.spec_from_file_location("_reader_fixtures", Path(__file__).with_name("test_readers.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fx = _fixtures()
 
 
 def make_root(root: Path) -> Path:
