@@ -305,6 +305,16 @@ def test_tenx_mtx_folder(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got.to_numpy(), frame.to_numpy())
 
 
+def test_mtx_without_a_size_line_is_unreadable(tmp_path):
+    """A MatrixMarket file that holds only its banner and comments is rejected (it used to loop forever)."""
+    folder = write_mtx(tmp_path / "filtered_feature_bc_matrix", barcode_frame(n_spots=5))
+    header_only = "%%MatrixMarket matrix coordinate integer general\n%metadata_json: {}\n"
+    (tmp_path / "filtered_feature_bc_matrix" / "matrix.mtx.gz").write_bytes(gzip.compress(header_only.encode()))
+    with pytest.raises(SlideError) as caught:
+        read_all(ExpressionSource("tenx_mtx", folder))
+    assert caught.value.reason == "expression_unreadable" and "size line" in caught.value.detail
+
+
 def test_every_matrix_kind_has_a_format():
     assert set(ex.FORMATS) == set(get_args(MatrixKind))
     assert all(kind == fmt.kind and fmt.chunk_kinds for kind, fmt in ex.FORMATS.items())

@@ -59,13 +59,14 @@ def _mtx_header(data: bytes, uri: str) -> tuple[str, tuple[int, int, int], int]:
     if len(first) < 5 or first[0] != "%%matrixmarket" or first[2] != "coordinate":
         raise SlideError("expression_unreadable", f"not a MatrixMarket coordinate matrix: {uri}")
     position = 0
-    while True:
+    while position < len(data):
         end = data.find(b"\n", position)
         line = data[position:len(data) if end < 0 else end].strip()
         position = len(data) if end < 0 else end + 1
         if line and not line.startswith(b"%"):
             n_rows, n_cols, n_entries = (int(v) for v in line.split()[:3])
             return first[3], (n_rows, n_cols, n_entries), position
+    raise SlideError("expression_unreadable", f"MatrixMarket file without a size line: {uri}")
 
 
 def _mtx_entries(data: bytes, offset: int, field: str, n_entries: int,
