@@ -16,17 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Optional, get_args
+from typing import Optional, get_args
 
 import cv2
 import numpy as np
 
 from stlake.ingestion.images import RegionReader
-
-#: What happens to a square that reaches past the image: padded with white, or not cut at all.
-Border = Literal["pad", "drop"]
-#: The file format each tile is encoded as.
-TileEncoding = Literal["jpeg", "png"]
+from stlake.ingestion.options import Border, TileEncoding
 
 BORDERS: tuple[Border, ...] = get_args(Border)
 ENCODINGS: tuple[TileEncoding, ...] = get_args(TileEncoding)
