@@ -18,6 +18,8 @@ from stlake import synth
 from stlake.synth import (
     MARKER_SIDE,
     SIZES,
+    WRITERS,
+    StimageSpec,
     decode_marker,
     generate,
     generate_stimage_slide,
@@ -405,6 +407,12 @@ def test_sizes():
         generate("/nonexistent-never-written", layouts=("visium", "nope"))
 
 
+def test_every_reader_layout_has_a_synthetic_writer():
+    from stlake.ingestion.readers import layout_names
+    assert set(WRITERS) == set(layout_names())
+    assert synth.LAYOUTS == tuple(WRITERS)
+
+
 # ---------------------------------------------------------------- image writers
 
 def test_png_stream_writer_matches_opencv(tmp_path):
@@ -424,7 +432,7 @@ def test_generate_stimage_slide_standalone(tmp_path, monkeypatch):
     import stlake.synth.image as image_module
     monkeypatch.setattr(image_module, "STREAM_PNG_PIXELS", 10_000)  # force the streamed PNG path
     root = str(tmp_path / "release")
-    truth = generate_stimage_slide(root, "big_slide", "Visium", 120, 900, 80, seed=5)
+    truth = generate_stimage_slide(root, StimageSpec("big_slide", "Visium", 120, 900, 80), seed=5)
     assert os.path.exists(os.path.join(root, "Visium", "coord", "big_slide_coord.csv"))
     assert truth.counts.shape == (120, 80) and len(truth.gene_names) == 80
     loaded = load_truth(root, "big_slide")
@@ -436,9 +444,9 @@ def test_generate_stimage_slide_standalone(tmp_path, monkeypatch):
         assert decode_marker(image[y - 10:y + 10, x - 10:x + 10]) == truth.code[i]
     meta = pd.read_csv(os.path.join(root, "meta", "meta_all_gene.csv"))
     assert list(meta.slide) == ["big_slide"]
-    tiff = generate_stimage_slide(root, "tiff_slide", "ST", 30, 600, 60, seed=5, image_format="tiff")
+    tiff = generate_stimage_slide(root, StimageSpec("tiff_slide", "ST", 30, 600, 60, image_format="tiff"), seed=5)
     with open(tiff.image_path, "rb") as handle:
         assert handle.read(4) == b"II*\x00"
     assert sorted(pd.read_csv(os.path.join(root, "meta", "meta_all_gene.csv")).slide) == ["big_slide", "tiff_slide"]
     with pytest.raises(ValueError, match="image side"):
-        generate_stimage_slide(root, "cramped", "Visium", 5000, 300, 60, seed=5)
+        generate_stimage_slide(root, StimageSpec("cramped", "Visium", 5000, 300, 60), seed=5)

@@ -49,6 +49,7 @@ class GeneUniverse:
         return len(self.symbols)
 
     def versioned_id(self, index: int) -> str:
+        """``ENSG...`` id with its version suffix, e.g. ``ENSG00000141510.12``."""
         return f"{self.ids[index]}.{int(self.versions[index])}"
 
     def markers(self, domain: str) -> list[int]:

@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import Optional, TextIO
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,13 @@ import scipy.sparse as sp
 
 
 def ensure_dir(path: str) -> str:
+    """Create ``path`` (and parents) if missing; returns it."""
     os.makedirs(path, exist_ok=True)
     return path
 
 
 @contextlib.contextmanager
-def open_text(path: str, gz: Optional[bool] = None) -> Iterator[io.TextIOBase]:
+def open_text(path: str, gz: Optional[bool] = None) -> Iterator[TextIO]:
     """A text stream writing ``path``; gzip (deterministic: no name, mtime 0) when ``gz`` or the name ends .gz."""
     ensure_dir(os.path.dirname(path) or ".")
     gz = path.endswith(".gz") if gz is None else gz
@@ -39,6 +40,7 @@ def open_text(path: str, gz: Optional[bool] = None) -> Iterator[io.TextIOBase]:
 
 
 def write_json(path: str, data: dict) -> None:
+    """``data`` as indented JSON (keys in insertion order) plus a newline."""
     with open_text(path, gz=False) as text:
         text.write(json.dumps(data, indent=4, sort_keys=False) + "\n")
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from stlake.ingestion.images import IEND_CHUNK, PNG_SIGNATURE, png_chunk
 from stlake.synth.markers import draw_markers
 
 DOMAINS = ("tumor", "stroma", "immune", "normal")
@@ -180,6 +181,7 @@ class Scene:
         return self._coarse(self.tissue[:, :, 0], x_um, y_um)
 
     def lumen_at(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+        """Lumen value (0..1, 1 = empty lumen) at points."""
         coords = [np.asarray(y_um, np.float64) / self.lumen_cell_um - 0.5,
                   np.asarray(x_um, np.float64) / self.lumen_cell_um - 0.5]
         return ndimage.map_coordinates(self.lumen, coords, order=1, mode="nearest")
@@ -205,7 +207,7 @@ class Scene:
         for i in range(len(x)):
             centre = (int(round((x[i] / cell - 0.5) * 16)), int(round((y[i] / cell - 0.5) * 16)))
             axes = (max(int(round(a[i] / cell * 16)), 1), max(int(round(b[i] / cell * 16)), 1))
-            cv2.ellipse(raster, centre, axes, float(angle[i]), 0, 360, 255, -1, cv2.LINE_AA, 4)
+            cv2.ellipse(raster, centre, axes, float(angle[i]), 0, 360, (255,), -1, cv2.LINE_AA, 4)
         self.lumen_cell_um = cell
         self.lumen = raster.astype(np.float32) / 255.0
 
@@ -261,7 +263,7 @@ def _lut() -> np.ndarray:
 class Renderer:
     """Draws a :class:`Scene` at ``mpp`` µm/px into a ``width`` x ``height`` image, one strip at a time."""
 
-    def __init__(self, scene: Scene, width: int, height: int, mpp: float, seed: int = 0):
+    def __init__(self, scene: Scene, width: int, height: int, mpp: float, seed: int = 0) -> None:
         self.scene, self.width, self.height, self.mpp = scene, int(width), int(height), float(mpp)
         self.factor = max(1, int(round(MID_UM / self.mpp)))
         f = self.factor
@@ -337,7 +339,7 @@ class Renderer:
         """Nuclear haematoxylin (0..255) for full-resolution rows y0..y1, drawn with a margin and blurred."""
         margin = 4
         top, bottom = y0 - margin, y1 + margin
-        mask = np.zeros((bottom - top, self.width), np.uint8)
+        mask: np.ndarray = np.zeros((bottom - top, self.width), np.uint8)
         lo = np.searchsorted(self._ny, top - self._nreach, side="left")
         hi = np.searchsorted(self._ny, bottom + self._nreach, side="right")
         ellipse, aa = cv2.ellipse, cv2.LINE_AA
@@ -365,7 +367,7 @@ class Renderer:
         nuclei = self._nuclei_mask(y0, y1)
         rows = np.arange(y0, y1) % NOISE_ROWS
         nuclei = cv2.multiply(nuclei, np.take(self._grain, rows, axis=0), scale=1.0 / 256.0)
-        q_h = np.minimum(cv2.add(q_h, nuclei >> 1), 127)
+        q_h = np.minimum(cv2.add(q_h, np.right_shift(nuclei, 1)), 127)
         index = domain.astype(np.uint16) << 14
         index |= q_h.astype(np.uint16) << 7
         index |= q_e
@@ -385,6 +387,7 @@ class Markers:
 
     @classmethod
     def none(cls) -> Markers:
+        """No markers."""
         empty = np.zeros(0, np.int64)
         return cls(empty, empty, empty)
 
@@ -464,10 +467,6 @@ def write_image(path: str, renderer: Renderer, markers: Optional[Markers] = None
 
 # ---------------------------------------------------------------- streaming PNG
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
 def png_filter_rows(raw: np.ndarray, prior: np.ndarray, bpp: int = 3) -> np.ndarray:
     """PNG-filter rows ``raw`` (h, row_bytes uint8) given the row before them; (h, 1 + row_bytes) with filter bytes.
 
@@ -499,8 +498,8 @@ def write_png_stream(path: str, width: int, height: int, rgb_strips: Iterable[np
     written = 0
     pending = bytearray()
     with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n")
-        handle.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        handle.write(PNG_SIGNATURE)
+        handle.write(png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
         for rgb in rgb_strips:
             if rgb.shape[1:] != (width, 3) or rgb.dtype != np.uint8:
                 raise ValueError(f"strip of shape {rgb.shape} {rgb.dtype} does not fit a {width}-px RGB PNG")
@@ -510,11 +509,11 @@ def write_png_stream(path: str, width: int, height: int, rgb_strips: Iterable[np
             written += len(rgb)
             pending += compressor.compress(filtered.tobytes())
             while len(pending) >= idat_bytes:
-                handle.write(_chunk(b"IDAT", bytes(pending[:idat_bytes])))
+                handle.write(png_chunk(b"IDAT", bytes(pending[:idat_bytes])))
                 del pending[:idat_bytes]
         if written != height:
             raise ValueError(f"got {written} rows for a PNG of height {height}")
         pending += compressor.flush()
         for start in range(0, len(pending), idat_bytes):
-            handle.write(_chunk(b"IDAT", bytes(pending[start:start + idat_bytes])))
-        handle.write(_chunk(b"IEND", b""))
+            handle.write(png_chunk(b"IDAT", bytes(pending[start:start + idat_bytes])))
+        handle.write(IEND_CHUNK)

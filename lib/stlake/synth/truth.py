@@ -11,6 +11,7 @@ marked, as a 14-px marker nearly fills a 16-px bin). Paths are stored relative t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -25,6 +26,8 @@ TRUTH_DIR = "truth"
 
 @dataclass
 class Truth:
+    """What a reader should find in one synthetic slide (see the module docstring)."""
+
     slide_id: str
     layout: str
     technology: str
@@ -67,12 +70,13 @@ class Truth:
 
 
 def truth_path(out_dir: str, slide_id: str) -> str:
+    """``{out_dir}/truth/{slide_id}.npz``."""
     return os.path.join(out_dir, TRUTH_DIR, f"{slide_id}.npz")
 
 
-def _str_array(values) -> np.ndarray:
-    values = [str(v) for v in values]
-    return np.array(values, dtype=np.str_) if values else np.zeros(0, dtype="<U1")
+def _str_array(values: Iterable[object]) -> np.ndarray:
+    strings = [str(v) for v in values]
+    return np.array(strings, dtype=np.str_) if strings else np.zeros(0, dtype="<U1")
 
 
 def save_truth(out_dir: str, truth: Truth) -> str:
