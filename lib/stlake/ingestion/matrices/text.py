@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import BinaryIO, Optional, Protocol
 
 from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, rebatch
+from stlake.ingestion.matrices.format import MatrixFormat
 from stlake.ingestion.matrices.text_parse import parse_text_block
-from stlake.ingestion.records import ExpressionSource, SlideError
+from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
 from stlake.lake import storage
 
 READ_BLOCK = 8 << 20  # bytes read from storage at once; also the unit of the (slower) pyarrow parse
@@ -156,3 +157,14 @@ def read_text_chunk(src: ExpressionSource, plan: ExprPlan, chunk: ExprChunk, def
     sep = separator(src, default_sep)
     yield from rebatch(batch for block in _text_blocks(src, chunk)
                        for batch in parse_text_block(block, plan.genes, sep, src.uri))
+
+
+def delimited_format(kind: MatrixKind, default_sep: str) -> MatrixFormat:
+    """The format of a delimited-text matrix whose separator defaults to ``default_sep`` (option ``sep``)."""
+    def plan(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
+        return plan_text(src, chunk_bytes, default_sep)
+
+    def read(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> Iterator[SparseBatch]:
+        return read_text_chunk(src, expr_plan, chunk, default_sep)
+
+    return MatrixFormat(kind, plan, read, TEXT_CHUNK_KINDS)
