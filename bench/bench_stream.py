@@ -1,8 +1,10 @@
 """Benchmark: samples/s to ready torch tensors, stlake's stream vs the file-per-tile + dense-CSV loader.
 
 Workload (both loaders): batches of 256, tiles decoded to 3 x 224 x 224 uint8 RGB tensors (138 px
-H&E-like tiles resized to 224), a 256-gene panel of ``log1p(normalize_total)`` float32 expression,
-shuffled, 3 timed epochs after a warm-up epoch, all cores.
+tiles resized to 224), a 256-gene panel of ``log1p(normalize_total)`` float32 expression, shuffled,
+3 timed epochs after a warm-up epoch, all cores. Tiles are cut in tissue from 1,600 px slides drawn
+by ``stlake.synth``'s H&E renderer at 0.4 µm/px (a tile spans a 55 µm Visium spot), like the tiles
+of the ingest benchmark.
 
 - **stlake**: ``make_loader`` over a ``pairs`` Delta table (JPEG q90 tiles, sparse counts).
 - **file-per-tile baseline**: the STimage-1K4M release's own loader — a map-style ``Dataset`` that
@@ -25,7 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, BinaryIO, Optional
 
 import cv2
 import numpy as np
@@ -35,35 +39,39 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from stlake.lake import (
-    schemas,
-    tables,  # noqa: E402
-)
+from stlake.lake import schemas, tables  # noqa: E402
 from stlake.stream import StreamSpec, make_loader  # noqa: E402
 from stlake.stream.reader import default_decode_threads  # noqa: E402
+from stlake.synth.image import Renderer, Scene, render  # noqa: E402
 
 BATCH, SIZE, PANEL, TILE = 256, 224, 256, 138
+SLIDE_PX = 1600  # side of each synthetic slide image
+MPP = 55.0 / TILE  # µm/px: a tile spans a 55 µm Visium spot
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
 
 
 # ---------------------------------------------------------------- data (both layouts from the same spots)
 
-def slide_image(rng: np.random.Generator, side: int) -> np.ndarray:
-    """An H&E-like RGB image: pink stroma with coarse and fine texture, dark purple nuclei.
+def slide_image(rng: np.random.Generator) -> tuple[np.ndarray, Scene]:
+    """An H&E-like RGB slide (``stlake.synth``'s renderer: tissue on glass, four domains, nuclei) and its scene.
 
-    Tuned so 138 px tiles compress like real ones (~9 KiB JPEG q90, ~34 KiB PNG).
+    At ``MPP`` µm/px a ``TILE`` px tile spans a Visium spot (55 µm), as in the ingest's tiles.
     """
-    base = np.array([225, 170, 200], np.float32) + rng.normal(0, 6, 3)
-    coarse = cv2.GaussianBlur(rng.normal(0, 18, (side, side)).astype(np.float32), (0, 0), 2.5)
-    fine = cv2.GaussianBlur(rng.normal(0, 20, (side, side)).astype(np.float32), (0, 0), 0.7)
-    image = np.clip(base + (coarse + fine)[..., None] * np.array([1.0, 1.2, 0.8]), 0, 255).astype(np.uint8)
-    for _ in range(side * side // 400):
-        x, y = rng.integers(0, side, 2)
-        radius = int(rng.integers(3, 8))
-        color = tuple(int(c) for c in rng.normal([110, 60, 150], 15).clip(0, 255))
-        cv2.ellipse(image, (int(x), int(y)), (radius, int(radius * rng.uniform(0.6, 1.0))), float(rng.uniform(0, 180)),
-                    0, 360, color, -1)
-    return image
+    side_um = SLIDE_PX * MPP
+    margin = 0.04 * side_um
+    scene = Scene.build(rng, side_um, side_um, (margin, margin, side_um - margin, side_um - margin), 0.85)
+    return render(Renderer(scene, SLIDE_PX, SLIDE_PX, MPP, seed=int(rng.integers(2 ** 31)))), scene
+
+
+def tile_corners(rng: np.random.Generator, scene: Scene, n: int) -> np.ndarray:
+    """``n`` (x, y) top-left corners of ``TILE`` px tiles whose centre lies in tissue."""
+    corners = np.zeros((0, 2), np.int64)
+    while len(corners) < n:
+        xy = rng.integers(0, SLIDE_PX - TILE, (4 * n, 2))
+        centre_um = (xy + TILE / 2) * MPP
+        inside = scene.tissue_um_at(centre_um[:, 0], centre_um[:, 1]) > 0
+        corners = np.concatenate([corners, xy[inside]])
+    return corners[:n]
 
 
 def spot_counts(rng: np.random.Generator, n_spots: int, n_genes: int) -> np.ndarray:
@@ -74,45 +82,88 @@ def spot_counts(rng: np.random.Generator, n_spots: int, n_genes: int) -> np.ndar
     return counts
 
 
+def jpeg_q90(tile: np.ndarray) -> bytes:
+    """JPEG q90 bytes of an RGB tile (the lake's tile encoding)."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a tile")
+    return jpeg.tobytes()
+
+
+def pair_row(slide_id: str, spot: str, jpeg: bytes, gene_ids: np.ndarray, counts: np.ndarray) -> dict:
+    """One ``pairs`` row: the tile and the spot's sparse counts."""
+    nz = np.flatnonzero(counts)
+    return dict(slide_id=slide_id, spot_id=spot, technology="Visium", species="human", tissue="breast", label=None,
+                tissue_fraction=0.9, tile=jpeg, tile_format="jpeg", gene_ids=gene_ids[nz].tolist(),
+                counts=counts[nz].tolist(), total_counts=int(counts.sum()))
+
+
+class ReleaseWriter:
+    """The release layout: one PNG crop per spot and a dense CSV with a byte-offset index of its rows."""
+
+    def __init__(self, workdir: Path, n_genes: int) -> None:
+        self.crops, self.csv = workdir / "crop", workdir / "gene_exp.csv"
+        self.crops.mkdir(parents=True)
+        self.handle = open(self.csv, "w")
+        self.handle.write("spot," + ",".join(f"G{g}" for g in range(n_genes)) + "\n")
+        self.offsets: list[int] = []
+        self.spots: list[str] = []
+
+    def add(self, spot: str, tile: np.ndarray, counts: np.ndarray) -> None:
+        """Save the spot's PNG crop (PIL) and append its CSV row."""
+        Image.fromarray(tile).save(self.crops / f"{spot}.png")
+        self.offsets.append(self.handle.tell())
+        self.handle.write(spot + "," + ",".join(map(str, counts)) + "\n")
+        self.spots.append(spot)
+
+    def close(self) -> None:
+        """Close the CSV."""
+        self.handle.close()
+
+
+def write_slide(index: int, rng: np.random.Generator, n_spots: int, gene_ids: np.ndarray, lake: Path,
+                release: ReleaseWriter) -> tuple[list, int]:
+    """One slide's spots into the lake (one data file) and the release; returns (data files, JPEG bytes)."""
+    slide_id = f"slide{index:02d}"
+    image, scene = slide_image(rng)
+    counts = spot_counts(rng, n_spots, len(gene_ids))
+    rows: dict[str, list] = {name: [] for name in schemas.PAIRS.names}
+    jpeg_bytes = 0
+    for j, (x, y) in enumerate(tile_corners(rng, scene, n_spots)):
+        tile = image[y:y + TILE, x:x + TILE]  # RGB
+        spot = f"{slide_id}_{j:05d}"
+        release.add(spot, tile, counts[j])
+        jpeg = jpeg_q90(tile)
+        jpeg_bytes += len(jpeg)
+        for name, value in pair_row(slide_id, spot, jpeg, gene_ids, counts[j]).items():
+            rows[name].append(value)
+    files = tables.write_data_files(str(lake), "pairs", pa.table(rows, schema=schemas.PAIRS), f"bench-{index:02d}")
+    return files, jpeg_bytes
+
+
 def build(workdir: Path, n_spots: int, n_genes: int, n_slides: int, seed: int = 0) -> dict:
     """Write the lake (pairs, JPEG tiles) and the release layout (PNG crops + dense CSV)."""
     rng = np.random.default_rng(seed)
-    lake, crops = workdir / "lake", workdir / "crop"
-    crops.mkdir(parents=True)
+    lake = workdir / "lake"
     gene_ids = np.sort(rng.choice(2 ** 62, n_genes, replace=False)).astype(np.int64)
     panel = np.sort(rng.choice(n_genes, PANEL, replace=False))
-    csv = workdir / "gene_exp.csv"
-    offsets, files, spot_names, jpeg_bytes = [], [], [], 0
-    per_slide = n_spots // n_slides
-    with open(csv, "w") as out:
-        out.write("spot," + ",".join(f"G{g}" for g in range(n_genes)) + "\n")
-        for s in range(n_slides):
-            image = slide_image(rng, 1600)
-            counts = spot_counts(rng, per_slide, n_genes)
-            rows = {name: [] for name in schemas.PAIRS.names}
-            for j in range(per_slide):
-                x, y = rng.integers(0, 1600 - TILE, 2)
-                tile = image[y:y + TILE, x:x + TILE]  # RGB
-                spot = f"slide{s:02d}_{j:05d}"
-                Image.fromarray(tile).save(crops / f"{spot}.png")
-                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-                jpeg_bytes += len(jpeg)
-                nz = np.flatnonzero(counts[j])
-                for name, value in dict(slide_id=f"slide{s:02d}", spot_id=spot, technology="Visium", species="human",
-                                        tissue="breast", label=None, tissue_fraction=0.9, tile=jpeg.tobytes(),
-                                        tile_format="jpeg", gene_ids=gene_ids[nz].tolist(), counts=counts[j, nz].tolist(),
-                                        total_counts=int(counts[j].sum())).items():
-                    rows[name].append(value)
-                offsets.append(out.tell())
-                out.write(spot + "," + ",".join(map(str, counts[j])) + "\n")
-                spot_names.append(spot)
-            files += tables.write_data_files(str(lake), "pairs", pa.table(rows, schema=schemas.PAIRS), f"bench-{s:02d}")
+    release = ReleaseWriter(workdir, n_genes)
+    files, jpeg_bytes = [], 0
+    try:
+        for index in range(n_slides):
+            slide_files, slide_jpeg_bytes = write_slide(index, rng, n_spots // n_slides, gene_ids, lake, release)
+            files += slide_files
+            jpeg_bytes += slide_jpeg_bytes
+    finally:
+        release.close()
     tables.commit(str(lake), "pairs", files, run_id="bench")
-    png_bytes = sum(p.stat().st_size for p in crops.iterdir())
-    return {"lake": str(lake), "csv": str(csv), "crops": str(crops), "offsets": np.array(offsets, np.int64),
-            "spots": spot_names, "panel_ids": gene_ids[panel], "panel_cols": panel,
-            "bytes": {"jpeg_per_tile": jpeg_bytes / len(spot_names), "png_per_tile": png_bytes / len(spot_names),
-                      "csv": csv.stat().st_size, "pairs": sum(f.size for f in files)}}
+    n_tiles = len(release.spots)
+    png_bytes = sum(p.stat().st_size for p in release.crops.iterdir())
+    return {"lake": str(lake), "csv": str(release.csv), "crops": str(release.crops),
+            "offsets": np.array(release.offsets, np.int64), "spots": release.spots, "panel_ids": gene_ids[panel],
+            "panel_cols": panel,
+            "bytes": {"jpeg_per_tile": jpeg_bytes / n_tiles, "png_per_tile": png_bytes / n_tiles,
+                      "csv": release.csv.stat().st_size, "pairs": sum(f.size for f in files)}}
 
 
 # ---------------------------------------------------------------- the file-per-tile baseline
@@ -120,14 +171,14 @@ def build(workdir: Path, n_spots: int, n_genes: int, n_slides: int, seed: int = 
 class FilePerTileDataset(torch.utils.data.Dataset):
     """One PNG per tile (PIL, as the release's ``image_gene_data``), one dense CSV row per spot."""
 
-    def __init__(self, crops: str, spots: list[str], csv: str, offsets: np.ndarray, panel_cols: np.ndarray):
+    def __init__(self, crops: str, spots: list[str], csv: str, offsets: np.ndarray, panel_cols: np.ndarray) -> None:
         self.crops, self.spots, self.csv, self.offsets, self.panel = crops, spots, csv, offsets, panel_cols
-        self.handle = None
+        self.handle: Optional[BinaryIO] = None
 
     def __len__(self) -> int:
         return len(self.spots)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.handle is None:  # one handle per worker process
             self.handle = open(self.csv, "rb")
         image = Image.open(os.path.join(self.crops, self.spots[i] + ".png")).convert("RGB")
@@ -140,7 +191,7 @@ class FilePerTileDataset(torch.utils.data.Dataset):
         return torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(expression)
 
 
-def baseline_loader(data: dict, workers: int):
+def baseline_loader(data: dict, workers: int) -> torch.utils.data.DataLoader:
     dataset = FilePerTileDataset(data["crops"], data["spots"], data["csv"], data["offsets"], data["panel_cols"])
     return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
@@ -148,7 +199,7 @@ def baseline_loader(data: dict, workers: int):
 
 # ---------------------------------------------------------------- timing
 
-def time_epochs(batches_of_epoch, epochs: int) -> dict:
+def time_epochs(batches_of_epoch: Callable[[], Iterable[Any]], epochs: int) -> dict:
     """Warm-up epoch, then ``epochs`` timed epochs; samples/s and time to the first batch."""
     for _ in batches_of_epoch():
         pass
@@ -184,15 +235,19 @@ def time_baseline(data: dict, workers: int, epochs: int) -> dict:
     return time_epochs(lambda: iter(loader), epochs)
 
 
+def print_built(args: argparse.Namespace, sizes: dict, seconds: float) -> None:
+    print(f"built {args.spots} spots x {args.genes} genes in {seconds:.1f} s: "
+          f"JPEG {sizes['jpeg_per_tile'] / 1024:.1f} KiB/tile, PNG {sizes['png_per_tile'] / 1024:.1f} KiB/tile, "
+          f"CSV {sizes['csv'] / 2 ** 20:.0f} MiB, pairs {sizes['pairs'] / 2 ** 20:.0f} MiB")
+
+
 def run(args: argparse.Namespace) -> dict:
     n_cores = default_decode_threads()  # all cores of this process (no torchrun here)
     workdir = Path(tempfile.mkdtemp(prefix="stlake-bench-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
         data = build(workdir, args.spots, args.genes, args.slides)
-        print(f"built {args.spots} spots x {args.genes} genes in {time.perf_counter() - t0:.1f} s: "
-              f"JPEG {data['bytes']['jpeg_per_tile'] / 1024:.1f} KiB/tile, PNG {data['bytes']['png_per_tile'] / 1024:.1f} "
-              f"KiB/tile, CSV {data['bytes']['csv'] / 2 ** 20:.0f} MiB, pairs {data['bytes']['pairs'] / 2 ** 20:.0f} MiB")
+        print_built(args, data["bytes"], time.perf_counter() - t0)
         results = {}
         for name, options in STLAKE_RUNS.items():
             results[name] = time_stlake(data, options, args)
