@@ -1,8 +1,12 @@
-"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream, train."""
+"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream, train.
+
+Results go to stdout; the library's log records (progress, rejected slides) go to stderr.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -70,6 +74,7 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """``stlake ingest``: run the ingest job and print its report as JSON; 2 when a table commit failed."""
     from stlake.ingestion.driver import CommitFailed, ingest
     from stlake.spark import spark_session
     try:
@@ -82,6 +87,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    """``stlake sql``: show the first rows of a Spark SQL query over the lake's views."""
     from stlake.spark import spark_session
     from stlake.sql import run_sql
     frame = run_sql(spark_session("stlake-sql", args.master), args.lake, args.query)
@@ -90,6 +96,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
+    """``stlake tables``: print each existing table's version, file count and row count."""
     from stlake.lake import schemas, tables
     for name in schemas.TABLES:
         table = tables.open_table(args.lake, name)
@@ -101,6 +108,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """``stlake synth``: write a synthetic dataset and print how many slides it has."""
     from stlake.synth import generate
     summary = generate(args.out, size=args.size, seed=args.seed, layouts=tuple(args.layouts),
                        corrupt=args.corrupt)
@@ -109,6 +117,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``stlake`` parser with every subcommand; each sets ``run`` to its handler."""
     parser = argparse.ArgumentParser(prog="stlake", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ingest = sub.add_parser("ingest", help="raw slides -> Delta tables (Spark job)")
@@ -137,7 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging() -> None:
+    """Log records to stderr: stlake's from INFO up as ``stlake: message``, other libraries' from WARNING up.
+
+    Does nothing when logging is already configured (the root logger has a handler), e.g. by an
+    application that calls :func:`main` or by a previous call.
+    """
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("stlake: %(message)s"))
+    package = logging.getLogger("stlake")
+    package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    package.propagate = False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), run the chosen command; its exit status."""
+    configure_logging()
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +36,7 @@ COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "reject
 class CommitFailed(RuntimeError):
     """A table commit failed (e.g. storage unreachable); earlier tables of the run are committed."""
 
-    def __init__(self, table: str, committed: dict[str, int], cause: Exception):
+    def __init__(self, table: str, committed: dict[str, int], cause: Exception) -> None:
         done = ", ".join(f"{name} v{version}" for name, version in committed.items()) or "none"
         first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(f"committing table '{table}' failed ({type(cause).__name__}: {first_line}). "
@@ -56,6 +57,7 @@ class SlideOutcome:
 
     @property
     def slide_id(self) -> str:
+        """The slide's id."""
         return self.plan.ref.slide_id
 
 
@@ -74,6 +76,7 @@ class IngestReport:
     unit_seconds: dict[str, float] = field(default_factory=dict)  # unit kind -> summed wall time of its units
 
     def to_json(self) -> str:
+        """The report as indented JSON with sorted keys."""
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
@@ -108,7 +111,8 @@ def check_expression_coverage(outcome: SlideOutcome) -> None:
         outcome.error = Rejection("expression", "duplicate_spot_ids",
                                   f"spot ids with more than one expression row: {preview(unique[counts > 1])}")
         return
-    expected = outcome.plan.record.spots.spot_id.astype(str)
+    record, _ = outcome.plan.ready()
+    expected = record.spots.spot_id.astype(str)
     missing = np.setdiff1d(expected, unique)
     if len(missing):
         outcome.error = Rejection("expression", "spots_without_expression",
@@ -149,8 +153,10 @@ def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcom
 
 # ---------------------------------------------------------------- driver-side rows
 
-def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: datetime) -> dict:
-    plan, record = outcome.plan, outcome.plan.record
+def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: datetime) -> dict[str, Any]:
+    """The ``slides`` row of a landed slide: its source, image, scale, tiling and what its units wrote."""
+    plan = outcome.plan
+    record, image = plan.ready()
     tiles = [r for r in outcome.results if r.kind == "tiles"]
     expr = [r for r in outcome.results if r.kind == "expression"]
     detected = np.unique(np.concatenate([r.detected_gene_ids for r in expr])) if expr else []
@@ -159,8 +165,8 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
         "slide_id": plan.ref.slide_id, "technology": plan.ref.technology, "layout": plan.ref.layout,
         "species": genes.normalise_species(plan.ref.species), "tissue": plan.ref.tissue,
         "source_uri": plan.ref.paths.get("root") or plan.ref.paths.get("counts") or record.image_uri,
-        "image_uri": record.image_uri, "image_format": plan.image.format,
-        "image_width": plan.image.width, "image_height": plan.image.height,
+        "image_uri": record.image_uri, "image_format": image.format,
+        "image_width": image.width, "image_height": image.height,
         "image_source": record.image_source, "coord_scale": record.coord_scale,
         "spot_diameter_px": float(record.spot_diameter_px), "microns_per_pixel": record.microns_per_pixel,
         "tile_size_px": plan.tile_size_px, "tile_resize_px": options.resize_px,
@@ -170,8 +176,9 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
     }
 
 
-def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> list[dict]:
-    rows = []
+def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> list[dict[str, Any]]:
+    """The ``rejects`` rows of a run: one per slide error and one per slide warning."""
+    rows: list[dict[str, Any]] = []
     for outcome in outcomes:
         source = outcome.plan.ref.paths.get("root") or next(iter(outcome.plan.ref.paths.values()), None)
         base = {"run_id": run_id, "slide_id": outcome.slide_id, "source_uri": source, "rejected_at": now}
@@ -184,6 +191,7 @@ def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> lis
 # ---------------------------------------------------------------- commit
 
 def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFile]]:
+    """The data files the units of ``outcomes`` wrote, grouped by table."""
     grouped: dict[str, list[tables.DataFile]] = defaultdict(list)
     for outcome in outcomes:
         for result in outcome.results:
@@ -194,8 +202,9 @@ def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFi
 
 def commit_table(lake: str, name: str, files: list[tables.DataFile], new_genes: list[pa.Table],
                  landed_ids: set[str], run_id: str) -> int | None:
-    """One table's commit of a run (None when there is nothing to do): genes are merged, the
-    landed slides' old rows are replaced, rejects only ever appended.
+    """One table's commit of a run; the new version, or None when there is nothing to do.
+
+    Genes are merged, the landed slides' old rows are replaced, rejects only ever appended.
     """
     if name == "genes":
         if not new_genes:
@@ -256,7 +265,7 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
     versions = commit_run(options.lake, outcomes, options, run_id)
     landed = [o for o in outcomes if o.error is None]
     log.info("run %s: %d slide(s) landed, %d rejected", run_id, len(landed), len(outcomes) - len(landed))
-    rows = defaultdict(int)
+    rows: dict[str, int] = defaultdict(int)
     for data_file in (f for o in landed for r in o.results for f in r.files):
         rows[data_file.table] += data_file.num_records
     unit_seconds: dict[str, float] = defaultdict(float)

@@ -16,8 +16,11 @@ BinSize = Literal[2, 8, 16]
 
 
 def option(default: Any, help: str, *, flag: Optional[str] = None, kind: Optional[str] = None) -> Any:
-    """A dataclass field with the CLI's help text; ``flag`` overrides ``--field-name``; ``kind`` names a
-    parser (``size``: '4G', '512M'; ``negated``: a store-false switch named by ``flag``)."""
+    """A dataclass field with the CLI's help text.
+
+    ``flag`` overrides ``--field-name``; ``kind`` names a parser (``size``: '4G', '512M'; ``negated``: a
+    store-false switch named by ``flag``).
+    """
     return field(default=default, metadata={"help": help, "flag": flag, "kind": kind})
 
 

@@ -66,6 +66,13 @@ class SlidePlan:
     warnings: list[Remark] = field(default_factory=list)
     error: Optional[Rejection] = None
 
+    def ready(self) -> tuple[SlideRecord, images.ImageInfo]:
+        """The record and image of a slide that was planned; raises ``ValueError`` when planning failed."""
+        if self.record is None or self.image is None:
+            reason = self.error.reason if self.error is not None else "not planned"
+            raise ValueError(f"slide {self.ref.slide_id} has no plan ({reason})")
+        return self.record, self.image
+
 
 def check_coords_inside(spots: Spots, image: images.ImageInfo) -> None:
     """Every spot centre must lie inside the image."""
@@ -117,9 +124,20 @@ def split_tile_unit(unit: TileUnit, image: images.ImageInfo) -> list[TileUnit]:
     return [dataclasses.replace(unit, spots=unit.spots.take(group)) for group in groups if len(group)]
 
 
-def _splittable(plans: list[SlidePlan]) -> list[tuple[int, int, int]]:
-    """(spots, plan index, unit index) of every tile unit of a random-access image big enough to split."""
-    return [(len(unit.spots), p, i) for p, plan in enumerate(plans)
+@dataclass(frozen=True)
+class _Splittable:
+    """A tile unit big enough to split, where it is in ``plans`` and the image it cuts."""
+
+    spots: int
+    plan_index: int
+    unit_index: int
+    unit: TileUnit
+    image: images.ImageInfo
+
+
+def _splittable(plans: list[SlidePlan]) -> list[_Splittable]:
+    """Every tile unit of a random-access image big enough to split."""
+    return [_Splittable(len(unit.spots), p, i, unit, plan.image) for p, plan in enumerate(plans)
             if plan.error is None and plan.image is not None and plan.image.random_access
             for i, unit in enumerate(plan.units)
             if isinstance(unit, TileUnit) and len(unit.spots) >= 2 * MIN_SPOTS_PER_TILE_TASK]
@@ -132,9 +150,9 @@ def _renumber_tiles(plan: SlidePlan) -> None:
 
 
 def fill_cores(plans: list[SlidePlan], cores: int) -> None:
-    """Split the largest random-access tile units until there are ``cores`` tile units (or none is big
-    enough): tiling is the heavy part, so a run of few large slides still keeps every core busy.
-    Changes ``plans`` in place.
+    """Split the largest random-access tile units until there are ``cores`` tile units (or none is big enough).
+
+    Tiling is the heavy part, so a run of few large slides still keeps every core busy. Changes ``plans`` in place.
     """
     count = sum(isinstance(unit, TileUnit) for plan in plans if plan.error is None for unit in plan.units)
     changed: set[int] = set()
@@ -142,13 +160,13 @@ def fill_cores(plans: list[SlidePlan], cores: int) -> None:
         candidates = _splittable(plans)
         if not candidates:
             break
-        _, p, i = max(candidates, key=lambda c: c[0])
-        pieces = split_tile_unit(plans[p].units[i], plans[p].image)
+        largest = max(candidates, key=lambda c: c.spots)
+        pieces = split_tile_unit(largest.unit, largest.image)
         if len(pieces) < 2:
             break
-        plans[p].units[i:i + 1] = pieces
+        plans[largest.plan_index].units[largest.unit_index:largest.unit_index + 1] = pieces
         count += len(pieces) - 1
-        changed.add(p)
+        changed.add(largest.plan_index)
     for p in changed:
         _renumber_tiles(plans[p])
 

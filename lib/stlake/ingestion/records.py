@@ -40,7 +40,7 @@ class SlideError(Exception):
     ``detail`` a human sentence saying what exactly was wrong and where.
     """
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

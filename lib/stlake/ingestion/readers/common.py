@@ -57,7 +57,8 @@ def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_u
 def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
     """``pandas.read_csv`` on a local path or URI (gzip content detected)."""
     with storage.open_text(path) as text:
-        return pd.read_csv(text, **kwargs)
+        # open_text yields an io.TextIOWrapper, which read_csv accepts; its annotation says io.TextIOBase
+        return pd.read_csv(text, **kwargs)  # type: ignore[call-overload]
 
 
 def read_json(path: str) -> dict:

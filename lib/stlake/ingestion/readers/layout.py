@@ -9,8 +9,9 @@ synthetic generator's tests take their layout lists from it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from stlake.ingestion.readers.common import ReaderOptions
 from stlake.ingestion.records import SlideRecord, SlideRef

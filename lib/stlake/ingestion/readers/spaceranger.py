@@ -7,6 +7,7 @@ and optionally a user-supplied full-resolution image. The vendor's file names an
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Optional
 
 import numpy as np
@@ -138,15 +139,15 @@ def expression_source(paths: dict[str, str]) -> ExpressionSource:
                                            f"({h5 or folder or paths.get('root', '?')})")
 
 
-def spots_from_columns(path: str, barcode: object, in_tissue: object, array_row: object, array_col: object,
-                       pxl_row: object, pxl_col: object, in_tissue_only: bool) -> Spots:
-    """Vectorised ``Spots`` from tissue-position columns (full-res px), duplicates checked on all spots."""
-    ids = as_ids(barcode)
+def spots_from_columns(path: str, columns: Mapping[str, object], in_tissue_only: bool) -> Spots:
+    """Vectorised ``Spots`` from the ``POSITION_COLUMNS`` by name (full-res px), duplicates checked on all spots."""
+    def numbers(name: str) -> np.ndarray:
+        return as_float(columns[name], path, name)
+    ids = as_ids(columns["barcode"])
     check_unique(ids, path)
-    tissue = as_float(in_tissue, path, "in_tissue") != 0
-    spots = make_spots(ids, as_float(pxl_col, path, "pxl_col_in_fullres"), as_float(pxl_row, path, "pxl_row_in_fullres"),
-                       in_tissue=tissue, array_row=as_float(array_row, path, "array_row").astype(np.int32),
-                       array_col=as_float(array_col, path, "array_col").astype(np.int32))
+    tissue = numbers("in_tissue") != 0
+    spots = make_spots(ids, numbers("pxl_col_in_fullres"), numbers("pxl_row_in_fullres"), in_tissue=tissue,
+                       array_row=numbers("array_row").astype(np.int32), array_col=numbers("array_col").astype(np.int32))
     return spots.take(tissue) if in_tissue_only else spots
 
 

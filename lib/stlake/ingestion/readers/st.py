@@ -110,7 +110,7 @@ def read_spot_names(path: str) -> np.ndarray:
 
 def parse_positions(names: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Array (x, y) rounded to ints from ``{x}x{y}`` names, and a mask of names that parsed."""
-    parts = pd.Series(names, dtype=object).str.extract(SPOT_NAME)
+    parts = pd.Series(names, dtype=object).str.extract(SPOT_NAME.pattern)
     ok = parts.notna().all(axis=1).to_numpy()
     x = np.rint(pd.to_numeric(parts[0], errors="coerce").fillna(0).to_numpy()).astype(np.int64)
     y = np.rint(pd.to_numeric(parts[1], errors="coerce").fillna(0).to_numpy()).astype(np.int64)
@@ -189,7 +189,8 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     rows, detector_rows, warnings = match(names, detector, counts, detector_path)
     spots_detector = detector.loc[detector_rows]
     spots = make_spots(names[rows], spots_detector["pixel_x"].to_numpy(), spots_detector["pixel_y"].to_numpy(),
-                       array_row=np.rint(spots_detector["y"].to_numpy()), array_col=np.rint(spots_detector["x"].to_numpy()))
+                       array_row=np.rint(spots_detector["y"].to_numpy()),
+                       array_col=np.rint(spots_detector["x"].to_numpy()))
     return SlideRecord(
         ref=ref, image_uri=image, spots=spots, spot_diameter_px=pitch * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
         expression=ExpressionSource("st_tsv", counts), microns_per_pixel=SPOT_PITCH_UM / pitch, warnings=warnings)

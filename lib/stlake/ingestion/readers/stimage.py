@@ -154,7 +154,7 @@ def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
         return None
     meta = meta_table(folder)
     annotations = set(storage.list_dir(storage.join(folder, "annotation")))
-    refs = []
+    refs: list[SlideRef] = []
     for tech in TECH_FOLDERS:
         coord_names = storage.list_dir(storage.join(folder, tech, "coord"))
         images = storage.list_dir(storage.join(folder, tech, "image")) if coord_names else []
@@ -165,8 +165,10 @@ def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
 
 
 def complete(ref: SlideRef, cache: dict) -> SlideRef:
-    """A manifest entry: technology and every role derived from the release root (explicit roles win),
-    then the release's meta row (the meta CSV is read once per root, kept in ``cache``)."""
+    """A manifest entry with its technology, roles and meta row filled in from the release root.
+
+    Explicit roles win over derived ones; the release's meta CSV is read once per root, kept in ``cache``.
+    """
     root = ref.paths.get("root")
     if not root:
         return ref
@@ -174,7 +176,8 @@ def complete(ref: SlideRef, cache: dict) -> SlideRef:
     paths = {**resolve_paths({"root": root}, technology, ref.slide_id), **ref.paths}
     if root not in cache:
         cache[root] = meta_table(root)
-    return apply_meta(dataclasses.replace(ref, technology=technology, paths=paths), (cache[root] or {}).get(ref.slide_id))
+    meta = (cache[root] or {}).get(ref.slide_id)
+    return apply_meta(dataclasses.replace(ref, technology=technology, paths=paths), meta)
 
 
 # ---------------------------------------------------------------- reading
@@ -206,7 +209,7 @@ def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]
         return None
     column = LABEL_COLUMN if LABEL_COLUMN in frame.columns else frame.columns[-1]
     labels = frame[column]
-    labels.index = as_ids(labels.index)
+    labels.index = pd.Index(as_ids(labels.index))
     labels = labels[~labels.index.duplicated(keep="first")]
     unknown = labels.index.difference(pd.Index(ids))
     if len(unknown):

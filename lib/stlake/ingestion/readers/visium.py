@@ -82,7 +82,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
         raise SlideError("coords_unreadable", f"no spatial/tissue_positions(.csv|_list.csv) in "
                                               f"{ref.paths.get('root', ref.slide_id)}")
     frame = read_positions_csv(positions)
-    spots = spots_from_columns(positions, *(frame[c] for c in POSITION_COLUMNS), options.in_tissue_only)
+    spots = spots_from_columns(positions, {c: frame[c] for c in POSITION_COLUMNS}, options.in_tissue_only)
     scalefactors_path = ref.paths.get("scalefactors", "")
     factors = read_scalefactors(scalefactors_path)
     diameter = scale_factor(factors, "spot_diameter_fullres", scalefactors_path)

@@ -105,13 +105,13 @@ def read_positions_parquet(path: str) -> pa.Table:
     return guarded(path, "tissue positions file", parse)
 
 
-def _columns(path: str) -> list:
-    """The six position columns as numpy/pandas-compatible arrays, from parquet or CSV."""
+def _columns(path: str) -> dict[str, object]:
+    """The six position columns by name as numpy/pandas-compatible arrays, from parquet or CSV."""
     if path.endswith(".parquet"):
         table = read_positions_parquet(path)
-        return [table.column(c).to_numpy() for c in POSITION_COLUMNS]
+        return {c: table.column(c).to_numpy() for c in POSITION_COLUMNS}
     frame = read_positions_csv(path)
-    return [frame[c] for c in POSITION_COLUMNS]
+    return {c: frame[c] for c in POSITION_COLUMNS}
 
 
 def _check_bin(ref: SlideRef, bin_size_um: int) -> None:
@@ -131,7 +131,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     positions = ref.paths.get("positions")
     if not positions:
         raise SlideError("coords_unreadable", f"no spatial/tissue_positions.parquet in {ref.paths.get('bin_dir')}")
-    spots = spots_from_columns(positions, *_columns(positions), options.in_tissue_only)
+    spots = spots_from_columns(positions, _columns(positions), options.in_tissue_only)
     scalefactors_path = ref.paths.get("scalefactors", "")
     factors = read_scalefactors(scalefactors_path)
     bin_um = float(factors.get("bin_size_um") or options.bin_size_um)
