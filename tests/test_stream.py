@@ -105,7 +105,8 @@ def test_float_images_and_imagenet_normalisation(lake):
     assert plain.dtype == torch.float32 and 0.0 <= plain.min() and plain.max() <= 1.0
     normed = stream(lake, shuffle=False, image_size=8, image_dtype="float32", image_normalize=True,
                     slide_ids=["a0"])[0]["image"]
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     assert torch.allclose(normed, (plain - mean) / std, atol=1e-5)
 
 

@@ -253,7 +253,8 @@ def test_ridge_probe_recovers_a_linear_map():
 
 
 def test_pearson_is_nan_for_constant_genes():
-    r = pearson_per_column(np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]]), np.array([[2.0, 1.0], [4.0, 1.0], [6.5, 1.0]]))
+    r = pearson_per_column(np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]]),
+                           np.array([[2.0, 1.0], [4.0, 1.0], [6.5, 1.0]]))
     assert r[0] > 0.99 and np.isnan(r[1])
 
 
@@ -285,7 +286,8 @@ assert world == 2 and torch.distributed.get_backend() == "gloo"
 torch.manual_seed(rank)  # different init per rank: DDP broadcasts rank 0's weights
 model = distributed.wrap_model(build_model(6, small_width=4, embed_dim=8, gene_hidden=(8,)), device)
 g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
-batches = [{"image": torch.rand(8, 3, 16, 16, generator=g), "expression": torch.rand(8, 6, generator=g)} for _ in range(3)]
+batches = [{"image": torch.rand(8, 3, 16, 16, generator=g), "expression": torch.rand(8, 6, generator=g)}
+           for _ in range(3)]
 history = train(model, batches, steps=3, optimizer_cfg=OptimizerConfig(lr=1e-2), checkpoint_dir=sys.argv[1], log=None)
 flat = torch.cat([p.detach().flatten() for p in unwrap(model).parameters()])
 gathered = [torch.zeros_like(flat) for _ in range(world)]
@@ -320,7 +322,7 @@ def test_ddp_two_processes_gloo_stay_in_sync(tmp_path):
     assert load_checkpoint(checkpoint_path(str(tmp_path / "ckpt")))["step"] == 3  # written by rank 0 only
 
 
-# ---------------------------------------------------------------- the job (stream faked: StreamSpec/make_loader contract)
+# ------------------------------------------------ the job (stream faked: StreamSpec/make_loader contract)
 
 def run_job(argv: list[str]) -> dict:
     """The job's summary for these flags (``main`` itself only returns the exit code)."""

@@ -2,11 +2,13 @@
 
 ``--s3 DATA_DIR`` (``make demo-s3``) runs the whole demo against a local S3 server (SeaweedFS): the
 synthetic slides in ``DATA_DIR`` are uploaded to ``s3://lake/raw``, ingested into ``s3://lake/lake``,
-queried and streamed from the bucket.
+queried and streamed from the bucket. A command-line entry point: it prints what it shows, and the
+progress of building the streamed tables (logged by :mod:`stlake.stream.demo`) goes to stderr.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 
@@ -15,10 +17,15 @@ from stlake.sql import queries, register_views
 
 
 def show_sql(lake: str) -> None:
+    """Register the lake's tables as Spark SQL views and print a few example queries with their results."""
     spark = spark_session("stlake-demo")
     views = register_views(spark, lake)
-    print(f"\nTables registered as Spark SQL views ({sorted(set(views.values()))[0]} route):", ", ".join(sorted(views)))
-    slide = spark.sql("SELECT slide_id FROM slides ORDER BY n_spots DESC LIMIT 1").first()[0]
+    routes = sorted(set(views.values()))
+    print(f"\nTables registered as Spark SQL views ({routes[0]} route):", ", ".join(sorted(views)))
+    biggest = spark.sql("SELECT slide_id FROM slides ORDER BY n_spots DESC LIMIT 1").first()
+    if biggest is None:
+        raise ValueError(f"no slides in {lake}: ingest some first")
+    slide = biggest[0]
     label = spark.sql("SELECT label FROM annotations GROUP BY label ORDER BY COUNT(*) DESC LIMIT 1").first()
     shown = [("Spots per tissue and technology", queries.SPOTS_PER_TISSUE_AND_TECHNOLOGY),
              (f"Top genes of slide {slide}", queries.TOP_GENES_OF_SLIDE.format(slide_id=slide, limit=10)),
@@ -32,6 +39,7 @@ def show_sql(lake: str) -> None:
 
 
 def show_stream(lake: str) -> None:
+    """Stream and print one training batch (skipped when torch / Petastorm are not installed)."""
     try:
         from stlake.stream.demo import show_batch
     except ImportError as error:
@@ -70,7 +78,15 @@ def run_s3_demo(data_dir: str) -> None:
         show_stream("s3://lake/lake")
 
 
+def show_progress_logs() -> None:
+    """Show the demo's progress lines (INFO of ``stlake.stream.demo``) as plain messages on stderr."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("stlake.stream.demo").setLevel(logging.INFO)
+
+
 def main() -> None:
+    """``python -m stlake.demo [--lake LAKE | --s3 DATA_DIR]``."""
+    show_progress_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lake", default="./lake")
     parser.add_argument("--s3", metavar="DATA_DIR", help="run the demo on a local S3 server with these raw slides")

@@ -40,7 +40,10 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
 def has_jvm_class(spark: SparkSession, class_name: str) -> bool:
     """True when ``class_name`` is on the driver's classpath (classic Spark; False on Spark Connect)."""
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName(class_name)
+        jvm = spark.sparkContext._jvm  # Spark Connect has no SparkContext: raises
+        if jvm is None:
+            return False
+        jvm.java.lang.Class.forName(class_name)
         return True
     except Exception:
         return False
@@ -57,7 +60,8 @@ def has_s3a(spark: SparkSession) -> bool:
 
 
 def is_local(spark: SparkSession) -> bool:
-    return spark.sparkContext.master.startswith("local")
+    """True when the executors run on this machine (a ``local[...]`` master)."""
+    return (spark.sparkContext.master or "").startswith("local")
 
 
 def forward_storage_environment(spark: SparkSession) -> None:

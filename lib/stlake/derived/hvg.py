@@ -16,14 +16,17 @@ flavour, so one extreme gene cannot inflate its own bin's spread. Genes detected
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from stlake.constants import DEFAULT_TARGET_SUM
 from stlake.lake import schemas, tables
-from stlake.stream.spec import DEFAULT_TARGET_SUM
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 MAX_BINS = 20
 MIN_GENES_PER_BIN = 10
@@ -31,7 +34,7 @@ MIN_GENES_PER_BIN = 10
 
 # ---------------------------------------------------------------- statistics (Spark)
 
-def gene_stats(spark, lake: str, target_sum: float = DEFAULT_TARGET_SUM) -> pd.DataFrame:
+def gene_stats(spark: SparkSession, lake: str, target_sum: float = DEFAULT_TARGET_SUM) -> pd.DataFrame:
     """Per (species, gene_id): ``n`` spots of the species, ``n_nonzero``, ``s1``, ``s2`` of log1p(CP-target)."""
     from pyspark.sql import functions as F
 
@@ -59,6 +62,7 @@ def mean_var(stats: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _robust_z(values: np.ndarray) -> np.ndarray:
+    """``(x - median) / (1.4826 * MAD)`` of the finite values (the std when the MAD is 0)."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return np.full(values.shape, np.nan)
@@ -120,18 +124,22 @@ def panel_rows(name: str, ranked: pd.DataFrame, genes: pa.Table) -> pa.Table:
     }, schema=schemas.GENE_PANELS)
 
 
-def write_panel(lake: str, name: str, rows: pa.Table, run_id: str = "") -> int:
-    """Replace panel ``name``'s rows of ``gene_panels`` by ``rows`` (one commit); returns the version."""
+def write_panel(lake: str, name: str, rows: pa.Table, run_id: Optional[str] = None) -> int:
+    """Replace panel ``name``'s rows of ``gene_panels`` by ``rows`` (one commit); returns the version.
+
+    ``run_id`` defaults to a new ``hvg-...`` run id (:func:`stlake.lake.tables.new_run_id`).
+    """
     import pyarrow.compute as pc
 
     def build(current: Optional[pa.Table]) -> pa.Table:
+        """The other panels' current rows and the new ones."""
         rows_cast = rows.cast(schemas.GENE_PANELS)
         if current is None or current.num_rows == 0:
             return rows_cast
         others = current.filter(pc.not_equal(current.column("panel"), name)).cast(schemas.GENE_PANELS)
         return pa.concat_tables([others, rows_cast])
 
-    return tables.overwrite_small_table(lake, "gene_panels", build, run_id=run_id or f"panel-{name}")
+    return tables.overwrite_small_table(lake, "gene_panels", build, run_id=run_id or tables.new_run_id("hvg"))
 
 
 def read_panel(lake: str, name: str) -> pa.Table:
@@ -143,15 +151,16 @@ def read_panel(lake: str, name: str) -> pa.Table:
 
 
 def panel_names(lake: str) -> list[str]:
+    """Names of the panels stored in ``gene_panels`` (sorted)."""
     rows = tables.read_table(lake, "gene_panels", columns=["panel"])
     return sorted(set(rows.column("panel").to_pylist()))
 
 
-def compute_hvg(spark, lake: str, k: int = 256, name: Optional[str] = None, target_sum: float = DEFAULT_TARGET_SUM,
-                min_spots: int = 3, run_id: Optional[str] = None) -> pa.Table:
+def compute_hvg(spark: SparkSession, lake: str, k: int = 256, name: Optional[str] = None,
+                target_sum: float = DEFAULT_TARGET_SUM, min_spots: int = 3, run_id: Optional[str] = None) -> pa.Table:
     """Spark job: the top-``k`` highly variable genes per species, stored as panel ``name`` (``hvg{k}``)."""
     name = name or f"hvg{k}"
     ranked = rank_hvg(gene_stats(spark, lake, target_sum), k, min_spots)
     rows = panel_rows(name, ranked, tables.read_table(lake, "genes", columns=["gene_id", "symbol"]))
-    write_panel(lake, name, rows, run_id or tables.new_run_id("hvg"))
+    write_panel(lake, name, rows, run_id)
     return rows

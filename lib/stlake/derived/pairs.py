@@ -8,16 +8,27 @@ table) and removes the rebuilt slides' previous rows in the same commit — re-r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from stlake.lake import schemas
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: The command that builds ``pairs``, named by every "no pairs table" error.
+BUILD_COMMAND = "stlake pairs"
 SPOT_COLUMNS = ["slide_id", "spot_id", "technology", "label", "tissue_fraction", "tile", "tile_format"]
 EXPRESSION_COLUMNS = ["slide_id", "spot_id", "gene_ids", "counts", "total_counts"]
 SLIDE_COLUMNS = ["slide_id", "species", "tissue"]
 
 
-def pairs_frame(spark, lake: str, slide_ids: Optional[Sequence[str]] = None):
+def missing_table_error(lake: str, table: str) -> FileNotFoundError:
+    """The error for a table that is not in ``lake``; for ``pairs`` it says how to build it."""
+    hint = f" (build it with `{BUILD_COMMAND}`)" if table == "pairs" else ""
+    return FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}")
+
+
+def pairs_frame(spark: SparkSession, lake: str, slide_ids: Optional[Sequence[str]] = None) -> DataFrame:
     """The joined rows (columns of ``schemas.PAIRS``), optionally for some slides only."""
     from pyspark.sql import functions as F
 
@@ -32,13 +43,14 @@ def pairs_frame(spark, lake: str, slide_ids: Optional[Sequence[str]] = None):
     return joined.select(*schemas.PAIRS.names)
 
 
-def empty_frame(spark):
+def empty_frame(spark: SparkSession) -> DataFrame:
     """No rows, the columns of ``schemas.PAIRS`` (nothing is read from the lake)."""
     from pyspark.sql.pandas.types import from_arrow_schema
     return spark.createDataFrame([], from_arrow_schema(schemas.PAIRS))
 
 
-def build_pairs(spark, lake: str, run_id: Optional[str] = None, slide_ids: Optional[Sequence[str]] = None) -> int:
+def build_pairs(spark: SparkSession, lake: str, run_id: Optional[str] = None,
+                slide_ids: Optional[Sequence[str]] = None) -> int:
     """(Re)build ``pairs`` for ``slide_ids`` (all landed slides when None); returns the table version.
 
     Only slides listed in ``slides`` (complete ones) are joined. With ``slide_ids=None`` every current

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, TypeGuard, Union
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,9 @@ def unversioned(ensembl_id: str) -> str:
     return ensembl_id.strip().split(".", 1)[0].upper()
 
 
-def is_ensembl(name: Optional[str]) -> bool:
-    return bool(name) and bool(ENSEMBL.match(name.strip()))
+def is_ensembl(name: Optional[str]) -> TypeGuard[str]:
+    """True for an Ensembl gene id, versioned or not (``ENSG00000141510``, ``ENSMUSG00000059552.3``)."""
+    return bool(name and ENSEMBL.match(name.strip()))
 
 
 def gene_key(name: str, species: str) -> tuple[str, Optional[str], Optional[str]]:
@@ -92,7 +94,7 @@ def _fallback_key(ensembl: Optional[str]) -> Optional[str]:
     return unversioned(ensembl) if is_ensembl(ensembl) else ensembl.strip().upper()
 
 
-def harmonise(genes: list[str], ensembl_ids: list[Optional[str]], symbols: list[Optional[str]],
+def harmonise(genes: Sequence[str], ensembl_ids: Sequence[Optional[str]], symbols: Sequence[Optional[str]],
               species: Optional[str]) -> GeneMap:
     """Map a slide's columns onto global genes; collisions are resolved by Ensembl id or dropped."""
     species_name = normalise_species(species)
@@ -124,7 +126,8 @@ def harmonise(genes: list[str], ensembl_ids: list[Optional[str]], symbols: list[
     return GeneMap(ids, table, collisions)
 
 
-def _describe(genes: list[str], ensembl_ids: list[Optional[str]], column: int) -> str:
+def _describe(genes: Sequence[str], ensembl_ids: Sequence[Optional[str]], column: int) -> str:
+    """A column for messages: its number, name and Ensembl id."""
     ens = ensembl_ids[column]
     return f"column {column + 1} {genes[column]!r}" + (f" ({ens})" if ens else "")
 

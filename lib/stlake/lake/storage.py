@@ -13,7 +13,7 @@ import os
 import posixpath
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -39,6 +39,7 @@ def join(uri: str, *parts: str) -> str:
 
 
 def basename(uri: str) -> str:
+    """The last part of a local path or URI (a trailing slash ignored)."""
     return posixpath.basename(uri.rstrip("/"))
 
 
@@ -151,7 +152,7 @@ def open_decompressed(uri: str) -> Iterator[tuple[BinaryIO, bool]]:
             yield raw, False
             return
         with gzip.GzipFile(fileobj=raw) as unzipped:
-            yield unzipped, True
+            yield cast(BinaryIO, unzipped), True  # a binary file object; typeshed does not call it BinaryIO
 
 
 @contextlib.contextmanager
@@ -168,21 +169,25 @@ def read_decompressed(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` as the whole content of a new file / object."""
     with open_output(uri) as handle:
         handle.write(data)
 
 
 def size(uri: str) -> int:
+    """Size of a file in bytes."""
     fs, path = filesystem(uri)
     return fs.get_file_info(path).size
 
 
 def exists(uri: str) -> bool:
+    """True when a file or folder exists at ``uri``."""
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def is_dir(uri: str) -> bool:
+    """True when ``uri`` is a folder (an S3 prefix with objects under it)."""
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 

@@ -13,9 +13,9 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +28,7 @@ from stlake.lake import schemas, storage
 
 MAX_COMMIT_ATTEMPTS = 20
 _STATS_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp)
+_ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64()}  # DataFile field types
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,35 @@ class DataFile:
     slide_id: Optional[str]  # the one slide whose rows the file holds, None if several
 
     def add_action(self) -> AddAction:
+        """The Delta add action that commits this file."""
         return AddAction(self.path, self.size, {}, self.modification_time, True, self.stats)
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a row of :meth:`arrow_schema`."""
+        return asdict(self)
+
+    @classmethod
+    def arrow_schema(cls) -> pa.Schema:
+        """An Arrow schema with one field per dataclass field (Spark tasks hand records over as rows of it)."""
+        hints = get_type_hints(cls)
+        return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(cls)])
+
+
+def _arrow_type(hint: Any) -> pa.DataType:
+    """The Arrow type of a ``DataFile`` field's type hint (``Optional[X]`` as a nullable ``X``)."""
+    present = [arg for arg in get_args(hint) if arg is not type(None)]
+    return _ARROW_TYPES[present[0] if present else hint]
 
 
 def table_uri(lake: str, table: str) -> str:
+    """The folder of ``table`` in ``lake`` (absolute path or ``s3://`` URI)."""
     return storage.join(storage.normalize(lake), table)
 
 
 # ---------------------------------------------------------------- writing data files
 
-def _stat_value(value):
+def _stat_value(value: Any) -> Any:
+    """A min/max value as Delta statistics JSON holds it (UTC timestamps as text, no NaN/inf)."""
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if isinstance(value, float) and not math.isfinite(value):
@@ -62,7 +82,9 @@ def _stat_value(value):
 
 def file_stats(table: pa.Table) -> str:
     """Delta ``stats`` JSON: record count and min/max/null counts of the scalar columns."""
-    mins, maxs, nulls = {}, {}, {}
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
     for name, column in zip(table.column_names, table.columns):
         if not any(check(column.type) for check in _STATS_TYPES) and not pa.types.is_boolean(column.type):
             continue
@@ -86,6 +108,7 @@ def rows_per_group(table_name: str, table: pa.Table) -> int:
 
 
 def _single_slide(table: pa.Table) -> Optional[str]:
+    """The slide id when every row has the same one, else None."""
     if "slide_id" not in table.column_names or table.num_rows == 0:
         return None
     distinct = pc.unique(table.column("slide_id"))
@@ -158,6 +181,7 @@ def active_files(lake: str, table_name: str) -> list[str]:
 
 
 def _normalize_file_uris(uris: list[str]) -> list[str]:
+    """``file://`` URIs as plain local paths."""
     return [uri[len("file://"):] if uri.startswith("file://") else uri for uri in uris]
 
 
@@ -178,6 +202,7 @@ def add_actions(table: DeltaTable) -> pa.Table:
 # ---------------------------------------------------------------- committing
 
 def _removal(path: str, size: int) -> RemoveAction:
+    """The Delta remove action of a committed file."""
     return RemoveAction(path, True, int(time.time() * 1000), size, {})
 
 
@@ -211,6 +236,7 @@ def _rewrite_without(lake: str, table_name: str, path: str, slide_ids: set[str])
 
 
 def _create(lake: str, table_name: str, files: list[DataFile], props: CommitProperties) -> int:
+    """Create the table with ``files`` as version 0."""
     create_table_with_add_actions(table_uri(lake, table_name), Schema.from_arrow(schemas.TABLES[table_name]),
                                   [f.add_action() for f in files], mode="error", name=table_name,
                                   storage_options=storage.delta_storage_options(), commit_properties=props)
@@ -219,6 +245,7 @@ def _create(lake: str, table_name: str, files: list[DataFile], props: CommitProp
 
 def _append(table: DeltaTable, table_name: str, adds: list[DataFile], removes: list[tuple[str, int]],
             props: CommitProperties) -> int:
+    """Commit adds and removes on ``table`` (nothing to commit: no new version); the version after it."""
     actions = [f.add_action() for f in adds] + [_removal(path, size) for path, size in removes]
     if actions:
         table.create_write_transaction(actions, "append", schemas.TABLES[table_name], commit_properties=props)
@@ -231,7 +258,8 @@ def _retryable(error: Exception) -> bool:
     return isinstance(error, CommitFailedError) or "already exists" in str(error).lower()
 
 
-def _with_retries(table_name: str, attempt_commit) -> int:
+def _with_retries(table_name: str, attempt_commit: Callable[[int], int]) -> int:
+    """``attempt_commit(attempt)`` until it wins its race (backing off), at most MAX_COMMIT_ATTEMPTS times."""
     for attempt in range(MAX_COMMIT_ATTEMPTS):
         try:
             return attempt_commit(attempt)
@@ -243,16 +271,17 @@ def _with_retries(table_name: str, attempt_commit) -> int:
 
 
 def _properties(run_id: str, operation: str) -> CommitProperties:
+    """Commit metadata naming the run and the operation; delta-rs does not retry (we do)."""
     return CommitProperties(custom_metadata={"stlake.run_id": run_id, "stlake.operation": operation},
                             max_commit_retries=0)
 
 
 def commit(lake: str, table_name: str, files: list[DataFile], replace_slides: Iterable[str] = (),
            run_id: str = "", operation: str = "ingest", replace_all: bool = False) -> int:
-    """Commit ``files`` to a table in one transaction, replacing the rows of ``replace_slides`` (or every
-    current row with ``replace_all``). Creates the table when missing.
+    """Commit ``files`` to a table in one transaction; creates the table when missing.
 
-    Returns the new table version. A lost race is rebuilt on the new snapshot and retried.
+    The rows of ``replace_slides`` (or every current row with ``replace_all``) are replaced in the same
+    commit. Returns the new table version. A lost race is rebuilt on the new snapshot and retried.
     """
     replace, props = set(replace_slides), _properties(run_id, operation)
 
@@ -285,7 +314,7 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
         table = open_table(lake, table_name)
         current = None if table is None else pa.table(table.to_pyarrow_table())
         merged = build(current)
-        if current is not None and merged.equals(current.cast(merged.schema)):
+        if table is not None and current is not None and merged.equals(current.cast(merged.schema)):
             return table.version()
         files = write_data_files(lake, table_name, merged, f"{run_id or 'merge'}-{attempt}")
         try:

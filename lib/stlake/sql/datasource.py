@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructType
 
 BATCH_ROWS = 1024
 
@@ -22,20 +23,26 @@ BATCH_ROWS = 1024
 class FilePartition(InputPartition):
     """One Parquet file of the snapshot."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str) -> None:
         super().__init__(uri)
         self.uri = uri
 
 
 class SnapshotReader(DataSourceReader):
-    def __init__(self, files: list[str], columns: list[str]):
+    """Reads some columns of the snapshot's files, one Spark partition per file."""
+
+    def __init__(self, files: list[str], columns: list[str]) -> None:
         self.files, self.columns = files, columns
 
     def partitions(self) -> Sequence[InputPartition]:
+        """One :class:`FilePartition` per file."""
         return [FilePartition(uri) for uri in self.files]
 
-    def read(self, partition: FilePartition) -> Iterator[pa.RecordBatch]:
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        """The record batches of one file (a :class:`FilePartition`), ``BATCH_ROWS`` rows at a time."""
         from stlake.lake import storage
+        if not isinstance(partition, FilePartition):
+            raise TypeError(f"expected a FilePartition, got {type(partition).__name__}")
         fs, path = storage.filesystem(partition.uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
@@ -47,12 +54,15 @@ class SnapshotSource(DataSource):
 
     @classmethod
     def name(cls) -> str:
+        """The format name of ``spark.read.format``."""
         return "stlake_snapshot"
 
     def schema(self) -> str:
+        """The table's schema (DDL), as given in the options."""
         return self.options["schema"]
 
-    def reader(self, schema) -> DataSourceReader:
+    def reader(self, schema: StructType) -> DataSourceReader:
+        """A reader of the files listed in the options, for the columns of ``schema``."""
         return SnapshotReader(json.loads(self.options["files"]), [field.name for field in schema.fields])
 
 

@@ -10,7 +10,7 @@ changes (a hash partition may hold several slides).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Optional
 
 import numpy as np
@@ -20,13 +20,13 @@ from pyspark.sql import DataFrame
 from stlake.lake import schemas, tables
 
 SLIDE_COLUMN = "slide_id"
-FILE_ROW = pa.schema([("table", pa.string()), ("path", pa.string()), ("size", pa.int64()),
-                      ("num_records", pa.int64()), ("stats", pa.string()), ("modification_time", pa.int64()),
-                      ("slide_id", pa.string())])
+FILE_ROW = tables.DataFile.arrow_schema()  # what each task returns: one row per file it wrote
+PartitionWriter = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
 def _file_rows(files: list[tables.DataFile]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([f.__dict__ for f in files], schema=FILE_ROW)
+    """The records of the files a task wrote, as one Arrow batch of ``FILE_ROW`` rows."""
+    return pa.RecordBatch.from_pylist([f.to_row() for f in files], schema=FILE_ROW)
 
 
 def slide_runs(batch: pa.RecordBatch) -> Iterator[tuple[Optional[str], pa.RecordBatch]]:
@@ -40,15 +40,26 @@ def slide_runs(batch: pa.RecordBatch) -> Iterator[tuple[Optional[str], pa.Record
         yield values[start], batch.slice(start, stop - start)
 
 
-def _writer(lake: str, table_name: str, run_id: str):
+def _partition_id() -> int:
+    """The Spark partition this task writes (0 outside a Spark task)."""
+    from pyspark import TaskContext
+    context = TaskContext.get()
+    return context.partitionId() if context else 0
+
+
+def _writer(lake: str, table_name: str, run_id: str) -> PartitionWriter:
+    """The ``mapInArrow`` function of a table: writes a partition's rows, returns its file records."""
     schema = schemas.TABLES[table_name]
 
-    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-        part = TaskContext.get().partitionId() if TaskContext.get() else 0
-        buffered, files, current, size = [], [], None, 0
+    def write_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        part = _partition_id()
+        buffered: list[pa.RecordBatch] = []
+        files: list[tables.DataFile] = []
+        current: Optional[str] = None
+        size = 0
 
         def flush() -> None:
+            """Write the buffered rows as the partition's next file(s)."""
             nonlocal buffered, size
             files.extend(_flush(lake, table_name, schema, buffered, f"{run_id}-p{part:05d}-{len(files):03d}"))
             buffered, size = [], 0
@@ -68,7 +79,9 @@ def _writer(lake: str, table_name: str, run_id: str):
     return write_partition
 
 
-def _flush(lake: str, table_name: str, schema: pa.Schema, batches: list[pa.RecordBatch], tag: str):
+def _flush(lake: str, table_name: str, schema: pa.Schema, batches: list[pa.RecordBatch],
+           tag: str) -> list[tables.DataFile]:
+    """Write ``batches`` (cast to the table's schema) as data files; none when they hold no rows."""
     table = pa.Table.from_batches(batches).select(schema.names).cast(schema)
     return tables.write_data_files(lake, table_name, table, tag) if table.num_rows else []
 

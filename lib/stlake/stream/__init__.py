@@ -11,17 +11,11 @@ The ``pairs`` table it reads is built by :func:`stlake.derived.pairs.build_pairs
 panels such as ``hvg256`` by :func:`stlake.derived.hvg.compute_hvg` (``stlake hvg``). torch, OpenCV and
 Petastorm are imported on first use, so ``stlake.cli`` stays light.
 """
+from stlake.lazy import lazy_exports
 from stlake.stream.spec import StreamSpec
 
-_LAZY = {"make_loader": "stlake.stream.reader", "StreamLoader": "stlake.stream.reader",
-         "resolve_panel": "stlake.stream.panels", "Panel": "stlake.stream.panels"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'stlake.stream' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, {
+    "make_loader": "stlake.stream.reader", "StreamLoader": "stlake.stream.reader",
+    "resolve_panel": "stlake.stream.panels", "Panel": "stlake.stream.panels"})
 
 __all__ = ["Panel", "StreamLoader", "StreamSpec", "make_loader", "resolve_panel"]

@@ -8,6 +8,7 @@ from stlake.stream.spec import DEFAULT_PANEL, IMAGE_DTYPES, NORMALIZE_MODES, Str
 
 
 def _list(text: str) -> list[str]:
+    """The items of a comma-separated flag value."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -79,6 +80,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
+    """``stlake pairs``: (re)build the pairs table with Spark; print its version."""
     from stlake.derived.pairs import build_pairs
     from stlake.spark import spark_session
     version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids)
@@ -87,6 +89,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_hvg(args: argparse.Namespace) -> int:
+    """``stlake hvg``: compute and store an HVG panel with Spark; print its top genes."""
     from stlake.derived.hvg import compute_hvg
     from stlake.spark import spark_session
     rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
@@ -94,7 +97,8 @@ def cmd_hvg(args: argparse.Namespace) -> int:
     name = args.name or f"hvg{args.k}"
     print(f"{name}: {rows.num_rows} genes")
     for row in rows.slice(0, 10).to_pylist():
-        print(f"  {row['species']:8s} #{row['rank']:<4d} {row['symbol'] or row['gene_id']!s:16s} score {row['score']:.2f}")
+        gene = row["symbol"] or row["gene_id"]
+        print(f"  {row['species']:8s} #{row['rank']:<4d} {gene!s:16s} score {row['score']:.2f}")
     return 0
 
 

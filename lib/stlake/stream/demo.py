@@ -1,14 +1,23 @@
-"""What ``make demo`` streams: build ``pairs`` and ``hvg256`` when missing, then show one batch."""
+"""What ``make demo`` streams: build ``pairs`` and ``hvg256`` when missing, then show one batch.
+
+Part of the demo entry point (:mod:`stlake.demo`): :func:`show_batch` prints what it shows; building
+the missing tables is logged (``stlake.stream.demo`` logger).
+"""
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import TYPE_CHECKING, Any, Optional
 
 from stlake.lake import tables
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 DEMO_PANEL_K = 256
+logger = logging.getLogger(__name__)
 
 
-def ensure_pairs_and_panel(lake: str, k: int = DEMO_PANEL_K, spark=None) -> str:
+def ensure_pairs_and_panel(lake: str, k: int = DEMO_PANEL_K, spark: Optional[SparkSession] = None) -> str:
     """Build the ``pairs`` table and the ``hvg{k}`` panel with Spark unless they exist; the panel name."""
     from stlake.derived.hvg import panel_names
     name = f"hvg{k}"
@@ -19,14 +28,15 @@ def ensure_pairs_and_panel(lake: str, k: int = DEMO_PANEL_K, spark=None) -> str:
         spark = spark or spark_session("stlake-demo-stream")
         if need_pairs:
             from stlake.derived.pairs import build_pairs
-            print(f"building pairs: version {build_pairs(spark, lake)}")
+            logger.info("building pairs: version %d", build_pairs(spark, lake))
         if need_panel:
             from stlake.derived.hvg import compute_hvg
-            print(f"computing {name}: {compute_hvg(spark, lake, k=k).num_rows} genes")
+            logger.info("computing %s: %d genes", name, compute_hvg(spark, lake, k=k).num_rows)
     return name
 
 
-def show_batch(lake: str, batch_size: int = 8, image_size: Optional[int] = 224, spark=None) -> dict:
+def show_batch(lake: str, batch_size: int = 8, image_size: Optional[int] = 224,
+               spark: Optional[SparkSession] = None) -> dict[str, Any]:
     """Stream one batch of ``pairs``; print its shapes, one row and that row's top-5 panel genes."""
     from stlake.stream import StreamSpec, make_loader
     panel_name = ensure_pairs_and_panel(lake, spark=spark)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from pyarrow import filesystem as legacyfs
 
@@ -27,35 +28,42 @@ class ArrowLegacyFileSystem(legacyfs.FileSystem):
     ``walk``) only when given a directory, and stlake always gives it the snapshot's files.
     """
 
-    def __init__(self, fs: pafs.FileSystem, strip_root: bool, known_files: Optional[set[str]] = None):
+    def __init__(self, fs: pafs.FileSystem, strip_root: bool, known_files: Optional[set[str]] = None) -> None:
         self.fs = fs
         self.strip_root = strip_root  # "/bucket/key" -> "bucket/key" (S3)
         self.known_files = set(known_files or ())
 
     def _path(self, path: str) -> str:
+        """The path on the wrapped filesystem."""
         return path.lstrip("/") if self.strip_root else path
 
-    def open(self, path: str, mode: str = "rb"):
+    def open(self, path: str, mode: str = "rb") -> pa.NativeFile:
+        """A file opened for reading (the only mode)."""
         if mode != "rb":
             raise ValueError("read-only filesystem")
         return self.fs.open_input_file(self._path(path))
 
     def isfile(self, path: str) -> bool:
+        """True for a file of the snapshot, else asks the filesystem."""
         return path in self.known_files or self.fs.get_file_info(self._path(path)).type == pafs.FileType.File
 
     def isdir(self, path: str) -> bool:
+        """False for a file of the snapshot, else asks the filesystem."""
         if path in self.known_files:
             return False
         return self.fs.get_file_info(self._path(path)).type == pafs.FileType.Directory
 
     def exists(self, path: str) -> bool:
+        """True for a file of the snapshot, else asks the filesystem."""
         return path in self.known_files or self.fs.get_file_info(self._path(path)).type != pafs.FileType.NotFound
 
     @property
     def pathsep(self) -> str:
+        """Paths are POSIX-style."""
         return "/"
 
     def _isfilestore(self) -> bool:
+        """Petastorm asks: a file store, not a key-value one."""
         return True
 
 

@@ -13,10 +13,11 @@ Pipeline (one per iteration of the loader)::
 Why not ``petastorm.pytorch.DataLoader``: it collates row by row in Python and its shuffling queue
 holds decoded tensors; here whole row groups are batched with numpy and tiles are decoded after the
 shuffle, so the buffer holds compressed tiles only and no Python runs per sample except the decode
-call. Why not Petastorm's Spark converter: it densifies vector columns (the full gene space). Petastorm's ``filters=`` argument is not
-used: on pyarrow 14 it reaches the legacy ``ParquetDataset``, which applies filters only to hive
-partition keys (our tables have none; with a file list it fails outright) — row filters go through
-Petastorm's ``predicate`` instead, and file pruning through the Delta statistics.
+call. Why not Petastorm's Spark converter: it densifies vector columns (the full gene space).
+Petastorm's ``filters=`` argument is not used: on pyarrow 14 it reaches the legacy ``ParquetDataset``,
+which applies filters only to hive partition keys (our tables have none; with a file list it fails
+outright) — row filters go through Petastorm's ``predicate`` instead, and file pruning through the
+Delta statistics.
 
 Pins: petastorm 0.13.1 (the newest) needs pyarrow <= 14.0.2 — pyarrow 15 removed
 ``ParquetDataset(validate_schema=...)`` and 16 removed ``pyarrow.filesystem``, both of which
@@ -25,6 +26,11 @@ Petastorm 0.13.1 uses on every read (see :mod:`stlake.stream.fs`).
 Determinism: with ``shuffle`` the row-group order, the shard assignment, the row mixing and the
 augmentations of epoch ``e`` derive from ``(seed, e)``; the exact batch sequence is reproducible
 with ``workers_count == 1`` (more reader threads deliver row groups in completion order).
+
+Warnings: Petastorm 0.13.1 on pyarrow 14 raises Future/Deprecation warnings on every read, from its
+reader threads. :func:`make_loader` silences those two categories for the ``petastorm`` and ``pyarrow``
+modules when a loader opens (:func:`ignore_petastorm_deprecations`); ``warnings.catch_warnings`` cannot
+scope them, as it is not thread-safe and the reader threads outlive any ``with`` block of the caller.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -48,11 +54,14 @@ import torch
 from stlake.stream import transforms
 from stlake.stream.fs import petastorm_inputs
 from stlake.stream.panels import Panel, resolve_panel
-from stlake.stream.snapshot import Selection, median_total_counts, row_mask, select_files
-from stlake.stream.spec import StreamSpec
+from stlake.stream.snapshot import Selection, median_total_counts, select_files
+from stlake.stream.spec import NormalizeMode, StreamSpec
 
-for _category in (FutureWarning, DeprecationWarning):
-    warnings.filterwarnings("ignore", category=_category, module=r"(petastorm|pyarrow)(\..*)?$")
+if TYPE_CHECKING:
+    from petastorm.reader import Reader
+    from petastorm.transform import TransformSpec
+
+    from stlake.stream.predicate import RowFilter
 
 READ_COLUMNS = ["slide_id", "spot_id", "label", "tile", "gene_ids", "counts", "total_counts"]
 OUTPUT_COLUMNS = ["slide_id", "spot_id", "label", "has_label", "tile", "expression"]
@@ -70,6 +79,7 @@ class ReadPlan:
 
     @property
     def columns(self) -> list[str]:
+        """Columns read from the files: the stream's own and those of the row filters."""
         return READ_COLUMNS + [c for c in self.selection.row_columns if c not in READ_COLUMNS]
 
 
@@ -85,37 +95,31 @@ def build_plan(spec: StreamSpec) -> ReadPlan:
 
 # ---------------------------------------------------------------- Petastorm pieces
 
-def _petastorm():
-    from petastorm import make_batch_reader
-    from petastorm.predicates import PredicateBase
-    from petastorm.transform import TransformSpec
-    return make_batch_reader, PredicateBase, TransformSpec
+def ignore_petastorm_deprecations() -> None:
+    """Silence Future/Deprecation warnings raised from ``petastorm`` and ``pyarrow`` modules (see above).
+
+    Idempotent: ``warnings.filterwarnings`` replaces an identical filter instead of adding another.
+    """
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(petastorm|pyarrow)(\..*)?$")
 
 
-def row_predicate(selection: Selection):
+def row_predicate(selection: Selection) -> Optional[RowFilter]:
     """A Petastorm predicate for the filters the file statistics could not decide (None if none)."""
     if not selection.row_columns:
         return None
-    _, PredicateBase, _ = _petastorm()
-
-    class RowFilter(PredicateBase):
-        def get_fields(self):
-            return set(selection.row_columns)
-
-        def do_include(self, values: pd.DataFrame) -> pd.Series:
-            mask = row_mask(values, selection.row_sets, selection.row_min_tissue_fraction)
-            return pd.Series(mask, index=values.index)
-
-    return RowFilter()
+    from stlake.stream.predicate import RowFilter
+    return RowFilter(selection)
 
 
 class PanelTransform:
     """Petastorm ``TransformSpec`` function (runs in the reader threads): densify and tidy one row group."""
 
-    def __init__(self, panel: Panel, normalize: str, target_sum: float):
+    def __init__(self, panel: Panel, normalize: NormalizeMode, target_sum: float) -> None:
         self.panel, self.normalize, self.target_sum = panel, normalize, target_sum
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The row group's columns for the stream, counts densified onto the panel."""
         gene_ids, offsets = transforms.flatten_lists(frame["gene_ids"].to_numpy())
         counts, _ = transforms.flatten_lists(frame["counts"].to_numpy())
         dense = transforms.densify(gene_ids, counts, offsets, frame["total_counts"].to_numpy(np.int64),
@@ -128,8 +132,9 @@ class PanelTransform:
             "tile": frame["tile"].to_numpy(), "expression": list(dense),
         })
 
-    def spec(self):
-        _, _, TransformSpec = _petastorm()
+    def spec(self) -> TransformSpec:
+        """This transform as a Petastorm ``TransformSpec`` (with the columns it adds and keeps)."""
+        from petastorm.transform import TransformSpec
         edit = [("label", np.str_, (), False), ("has_label", np.bool_, (), False),
                 ("expression", np.float32, (self.panel.n_genes,), False)]
         return TransformSpec(self, edit_fields=edit, selected_fields=OUTPUT_COLUMNS)
@@ -141,9 +146,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:4], "little") % (2 ** 31 - 2) + 1
 
 
-def open_reader(plan: ReadPlan, spec: StreamSpec, epoch: int):
+def open_reader(plan: ReadPlan, spec: StreamSpec, epoch: int) -> Reader:
     """A Petastorm batch reader over the plan's files for one epoch (a context manager)."""
-    make_batch_reader, _, _ = _petastorm()
+    from petastorm import make_batch_reader
     urls, filesystem = petastorm_inputs(plan.selection.files)
     seed = epoch_seed(spec.seed, epoch) if spec.shuffle else None
     transform = PanelTransform(plan.panel, spec.normalize, plan.target_sum)
@@ -165,7 +170,7 @@ def open_reader(plan: ReadPlan, spec: StreamSpec, epoch: int):
             raise
 
 
-def row_groups(reader) -> Iterator:
+def row_groups(reader: Reader) -> Iterator[Any]:
     """Iterate a Petastorm reader (one epoch) without losing row groups to a race in petastorm 0.13.1.
 
     ``ThreadPool.get_results`` checks "all ventilated items processed" and then "ventilator completed"
@@ -190,11 +195,12 @@ def row_groups(reader) -> Iterator:
 class RowBuffer:
     """Rows of several row groups as numpy columns; batches are drawn at random (seeded) or in order."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.columns: dict[str, np.ndarray] = {}
         self.size = 0
 
     def add(self, group: dict[str, np.ndarray]) -> None:
+        """Append a row group's columns, growing the buffer (doubling) when it is full."""
         n = len(group["slide_id"])
         if n == 0:
             return
@@ -235,11 +241,11 @@ class RowBuffer:
         return out
 
 
-def group_columns(group) -> dict[str, np.ndarray]:
+def group_columns(group: Any) -> dict[str, np.ndarray]:
     """A Petastorm batch (namedtuple of numpy arrays) -> buffer columns."""
     values = group._asdict()
     return {"slide_id": np.asarray(values["slide_id"], object), "spot_id": np.asarray(values["spot_id"], object),
-            "label": np.where(values["has_label"], np.asarray(values["label"], object), None),
+            "label": np.where(values["has_label"], np.asarray(values["label"], object), np.array(None, object)),
             "tile": np.asarray(values["tile"], object),
             "expression": np.asarray(values["expression"], np.float32).reshape(len(values["slide_id"]), -1)}
 
@@ -247,11 +253,18 @@ def group_columns(group) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- batches
 
 class _Failure:
-    def __init__(self, error: BaseException):
+    """An error of the producer thread, handed to the consumer to raise."""
+
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 
-_DONE = object()
+class _Done:
+    """The end of the stream."""
+
+
+_DONE = _Done()
+Item = Union[dict[str, Any], _Failure, _Done]  # what the producer queues
 
 
 def default_decode_threads() -> int:
@@ -264,16 +277,17 @@ def default_decode_threads() -> int:
 class Pipeline:
     """One pass over ``num_epochs`` epochs: a producer thread filling a bounded queue of batches."""
 
-    def __init__(self, spec: StreamSpec, plan: ReadPlan):
+    def __init__(self, spec: StreamSpec, plan: ReadPlan) -> None:
         self.spec, self.plan = spec, plan
-        self.queue: queue.Queue = queue.Queue(maxsize=spec.prefetch)
+        self.queue: queue.Queue[Item] = queue.Queue(maxsize=spec.prefetch)
         self.stop = threading.Event()
         self.threads = spec.decode_threads or default_decode_threads()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stlake-decode") if self.threads > 1 else None
         self.thread = threading.Thread(target=self._run, name="stlake-stream", daemon=True)
 
     # producer side
-    def _put(self, item) -> bool:
+    def _put(self, item: Item) -> bool:
+        """Queue ``item`` unless the pipeline is stopped first; whether it was queued."""
         while not self.stop.is_set():
             try:
                 self.queue.put(item, timeout=0.1)
@@ -283,6 +297,7 @@ class Pipeline:
         return False
 
     def _run(self) -> None:
+        """The producer thread: every epoch, then _DONE (or the failure)."""
         try:
             epoch = 0
             while not self.stop.is_set() and (self.spec.num_epochs is None or epoch < self.spec.num_epochs):
@@ -295,6 +310,7 @@ class Pipeline:
             self._put(_Failure(error))
 
     def _epoch(self, epoch: int) -> None:
+        """Read one epoch's row groups through the shuffle buffer and queue its batches."""
         spec = self.spec
         rng = np.random.default_rng([spec.seed, epoch]) if spec.shuffle else None
         threshold = max(spec.shuffle_buffer, spec.batch_size) if spec.shuffle else spec.batch_size
@@ -318,9 +334,10 @@ class Pipeline:
             index += 1
 
     def _emit(self, rows: dict[str, np.ndarray], epoch: int, index: int) -> bool:
+        """Queue the batch of ``rows``; False once the pipeline is stopped."""
         return self._put(self.make_batch(rows, epoch, index))
 
-    def make_batch(self, rows: dict[str, np.ndarray], epoch: int, index: int) -> dict:
+    def make_batch(self, rows: dict[str, np.ndarray], epoch: int, index: int) -> dict[str, Any]:
         """Decode and assemble one batch dict."""
         spec, n = self.spec, len(rows["slide_id"])
         geometry, jitter = None, None
@@ -336,12 +353,13 @@ class Pipeline:
                 "spot_id": rows["spot_id"].tolist(), "label": rows["label"].tolist()}
 
     # consumer side
-    def batches(self) -> Iterator[dict]:
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Start the producer and yield its batches; closes the pipeline when done or abandoned."""
         self.thread.start()
         try:
             while True:
                 item = self.queue.get()
-                if item is _DONE:
+                if isinstance(item, _Done):
                     return
                 if isinstance(item, _Failure):
                     raise item.error
@@ -350,6 +368,7 @@ class Pipeline:
             self.close()
 
     def close(self) -> None:
+        """Stop the producer, drain the queue until it exits, shut the decode threads down."""
         self.stop.set()
         while self.thread.is_alive():
             try:
@@ -363,28 +382,32 @@ class Pipeline:
 class StreamLoader:
     """An iterable of batch dicts; every ``iter()`` streams ``num_epochs`` epochs of one snapshot."""
 
-    def __init__(self, spec: StreamSpec, plan: ReadPlan):
+    def __init__(self, spec: StreamSpec, plan: ReadPlan) -> None:
         self.spec, self.plan = spec, plan
         self._active: list[Pipeline] = []
 
     @property
     def panel(self) -> Panel:
+        """The panel of the ``expression`` columns."""
         return self.plan.panel
 
     @property
     def version(self) -> int:
+        """The Delta version streamed."""
         return self.plan.selection.version
 
     @property
     def files(self) -> list[str]:
+        """The snapshot's data files read (absolute URIs, sorted)."""
         return list(self.plan.selection.files)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         pipeline = Pipeline(self.spec, self.plan)
         self._active = [p for p in self._active if p.thread.is_alive() or not p.thread.ident] + [pipeline]
         return pipeline.batches()
 
     def close(self) -> None:
+        """Stop every pipeline started by this loader."""
         for pipeline in self._active:
             if pipeline.thread.ident:
                 pipeline.close()
@@ -393,12 +416,14 @@ class StreamLoader:
 
 @contextmanager
 def make_loader(spec: StreamSpec) -> Iterator[StreamLoader]:
-    """``with make_loader(spec) as loader: for batch in loader: ...``
+    """A :class:`StreamLoader` of ``spec``, closed when the ``with`` block ends.
 
-    Each batch: ``image`` (``B x 3 x S x S`` uint8 or float32, RGB), ``expression`` (float32
-    ``B x G``, panel order), ``slide_id`` / ``spot_id`` (list[str]), ``label`` (list[str | None]).
+    ``with make_loader(spec) as loader: for batch in loader: ...``. Each batch: ``image``
+    (``B x 3 x S x S`` uint8 or float32, RGB), ``expression`` (float32 ``B x G``, panel order),
+    ``slide_id`` / ``spot_id`` (list[str]), ``label`` (list[str | None]).
     The snapshot, panel and target sum are fixed when the loader opens.
     """
+    ignore_petastorm_deprecations()
     loader = StreamLoader(spec, build_plan(spec))
     try:
         yield loader

@@ -7,14 +7,16 @@ then also checked per row only where some kept file's statistics cannot prove th
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stlake.derived.pairs import missing_table_error
 from stlake.lake import storage, tables
 from stlake.stream.spec import StreamSpec
 
@@ -31,7 +33,7 @@ class Selection:
     version: int
     files: list[str]
     num_records: int  # rows in the kept files (an upper bound of the rows streamed)
-    row_sets: dict[str, frozenset] = field(default_factory=dict)  # column -> allowed values (None = null)
+    row_sets: dict[str, frozenset[Any]] = field(default_factory=dict)  # column -> allowed values (None = null)
     row_min_tissue_fraction: Optional[float] = None
 
     @property
@@ -45,18 +47,18 @@ def snapshot_files(spec: StreamSpec) -> tuple[int, pa.Table, list[str]]:
     """(version, add actions, absolute URIs of their files) of the spec's snapshot of its table."""
     snapshot = tables.open_table(spec.lake, spec.table, spec.version)
     if snapshot is None:
-        hint = " (build it with `stlake pairs`)" if spec.table == "pairs" else ""
-        raise FileNotFoundError(f"no Delta table {spec.table!r} in {spec.lake}{hint}")
+        raise missing_table_error(spec.lake, spec.table)
     actions, root = tables.add_actions(snapshot), tables.table_uri(spec.lake, spec.table)
     uris = [storage.join(root, path) for path in _column(actions, "path", actions.num_rows)]
     return snapshot.version(), actions, uris
 
 
-def _column(actions: pa.Table, name: str, n: int) -> list:
+def _column(actions: pa.Table, name: str, n: int) -> list[Any]:
+    """A column of the add actions as a list (``n`` Nones when the log has no such statistic)."""
     return actions.column(name).to_pylist() if name in actions.column_names else [None] * n
 
 
-def _set_filter(actions: pa.Table, column: str, allowed: frozenset) -> tuple[np.ndarray, np.ndarray]:
+def _set_filter(actions: pa.Table, column: str, allowed: frozenset[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(keep, decided): a file may hold a match / every row of the file is known to match."""
     n = actions.num_rows
     lows, highs = _column(actions, f"min.{column}", n), _column(actions, f"max.{column}", n)
@@ -76,6 +78,7 @@ def _set_filter(actions: pa.Table, column: str, allowed: frozenset) -> tuple[np.
 
 
 def _tissue_filter(actions: pa.Table, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, decided) of the ``min_tissue_fraction`` filter, from the tissue fraction's min/max."""
     n = actions.num_rows
     lows, highs = _column(actions, f"min.{TISSUE_COLUMN}", n), _column(actions, f"max.{TISSUE_COLUMN}", n)
     nulls = _column(actions, f"null_count.{TISSUE_COLUMN}", n)
@@ -88,7 +91,7 @@ def select_files(spec: StreamSpec) -> Selection:
     """Prune the snapshot's files with the spec's filters; list the filters left for rows."""
     version, actions, uris = snapshot_files(spec)
     keep = np.ones(actions.num_rows, bool)
-    row_sets: dict[str, frozenset] = {}
+    row_sets: dict[str, frozenset[Any]] = {}
     for name, column in SET_FILTERS.items():
         allowed = getattr(spec, name)
         if allowed is None:
@@ -110,21 +113,26 @@ def select_files(spec: StreamSpec) -> Selection:
                      row_sets, row_tissue)
 
 
-def row_mask(frame, row_sets: dict[str, Iterable], min_tissue_fraction: Optional[float]) -> np.ndarray:
+def row_mask(frame: Union[pd.DataFrame, pa.Table], row_sets: Mapping[str, Iterable[Any]],
+             min_tissue_fraction: Optional[float]) -> np.ndarray:
     """Boolean mask of the rows of a pandas DataFrame or pyarrow Table that pass the row-level filters."""
-    n = len(frame)
-    mask = np.ones(n, bool)
+    mask = np.ones(len(frame), bool)
     for column, allowed in row_sets.items():
-        values = frame[column] if not isinstance(frame, pa.Table) else frame.column(column).to_pandas()
-        allowed = set(allowed)
-        hit = values.isin([v for v in allowed if v is not None]).to_numpy()
-        if None in allowed:
+        values = _series(frame, column)
+        allowed_values = set(allowed)
+        hit = values.isin([v for v in allowed_values if v is not None]).to_numpy()
+        if None in allowed_values:
             hit |= values.isna().to_numpy()
         mask &= hit
     if min_tissue_fraction is not None:
-        values = frame[TISSUE_COLUMN] if not isinstance(frame, pa.Table) else frame.column(TISSUE_COLUMN).to_pandas()
-        mask &= (values.to_numpy(dtype=np.float64, na_value=np.nan) >= min_tissue_fraction)
+        tissue = _series(frame, TISSUE_COLUMN)
+        mask &= (tissue.to_numpy(dtype=np.float64, na_value=np.nan) >= min_tissue_fraction)
     return mask
+
+
+def _series(frame: Union[pd.DataFrame, pa.Table], column: str) -> pd.Series:
+    """One column of a pandas DataFrame or pyarrow Table as a pandas Series."""
+    return frame.column(column).to_pandas() if isinstance(frame, pa.Table) else frame[column]
 
 
 def read_columns(files: list[str], columns: list[str]) -> pa.Table:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
-NORMALIZE_MODES = ("none", "log1p", "normalize_total_log1p")
-IMAGE_DTYPES = ("uint8", "float32")
+from stlake.constants import DEFAULT_TARGET_SUM
+
+NormalizeMode = Literal["none", "log1p", "normalize_total_log1p"]
+ImageDtype = Literal["uint8", "float32"]
+NORMALIZE_MODES: tuple[NormalizeMode, ...] = get_args(NormalizeMode)
+IMAGE_DTYPES: tuple[ImageDtype, ...] = get_args(ImageDtype)
 DEFAULT_PANEL = "hvg256"
-DEFAULT_TARGET_SUM = 1e4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+LIST_FIELDS = ("technologies", "species", "tissues", "labels", "slide_ids", "panel")
 
 GeneRef = Union[int, str]
 
@@ -54,11 +56,11 @@ class StreamSpec:
     # expression
     panel: Optional[Sequence[GeneRef]] = None
     panel_name: Optional[str] = None
-    normalize: str = "none"
+    normalize: NormalizeMode = "none"
     target_sum: Optional[float] = DEFAULT_TARGET_SUM
     # images
     image_size: Optional[int] = None
-    image_dtype: str = "uint8"
+    image_dtype: ImageDtype = "uint8"
     image_normalize: bool = False
     augment: bool = False
     # order, sharding, epochs, batching
@@ -81,6 +83,7 @@ class StreamSpec:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """Names of every option, in declaration order."""
         return [f.name for f in fields(cls)]
 
     @classmethod
@@ -89,7 +92,8 @@ class StreamSpec:
         return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
-def _as_list(value):
+def _as_list(value: Any) -> Optional[Sequence[Any]]:
+    """A list field as given (list or tuple), one scalar wrapped in a list, any other iterable listed."""
     if value is None or isinstance(value, (list, tuple)):
         return value
     if isinstance(value, (str, int)):
@@ -107,23 +111,45 @@ def normalised_species(species: Optional[Sequence[Optional[str]]]) -> Optional[l
 
 def validate(spec: StreamSpec) -> None:
     """Normalise list fields and reject inconsistent options with a clear message."""
-    for name in ("technologies", "species", "tissues", "labels", "slide_ids", "panel"):
+    for name in LIST_FIELDS:
         setattr(spec, name, _as_list(getattr(spec, name)))
     spec.species = normalised_species(spec.species)
+    _check_modes(spec)
+    _check_panel(spec)
+    _check_sharding(spec)
+    _check_sizes(spec)
+
+
+def _check_modes(spec: StreamSpec) -> None:
+    """``normalize`` and ``image_dtype`` are known modes; ``image_normalize`` only for float images."""
     if spec.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, not {spec.normalize!r}")
     if spec.image_dtype not in IMAGE_DTYPES:
         raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, not {spec.image_dtype!r}")
     if spec.image_normalize and spec.image_dtype != "float32":
         raise ValueError("image_normalize needs image_dtype='float32'")
+
+
+def _check_panel(spec: StreamSpec) -> None:
+    """At most one of ``panel`` / ``panel_name``, and an explicit panel is not empty."""
     if spec.panel is not None and spec.panel_name is not None:
         raise ValueError("give either panel or panel_name, not both")
     if spec.panel is not None and len(spec.panel) == 0:
         raise ValueError("panel is empty")
-    if (spec.cur_shard is None) != (spec.shard_count is None):
-        raise ValueError("cur_shard and shard_count go together")
-    if spec.shard_count is not None and not 0 <= spec.cur_shard < spec.shard_count:
+
+
+def _check_sharding(spec: StreamSpec) -> None:
+    """``cur_shard`` and ``shard_count`` are given together, with ``0 <= cur_shard < shard_count``."""
+    if spec.cur_shard is None or spec.shard_count is None:
+        if (spec.cur_shard is None) != (spec.shard_count is None):
+            raise ValueError("cur_shard and shard_count go together")
+        return
+    if not 0 <= spec.cur_shard < spec.shard_count:
         raise ValueError(f"cur_shard must be in [0, {spec.shard_count}), not {spec.cur_shard}")
+
+
+def _check_sizes(spec: StreamSpec) -> None:
+    """Batch size, thread and queue counts, epochs, image size and target sum are positive."""
     if spec.batch_size < 1 or spec.workers_count < 1 or spec.prefetch < 1:
         raise ValueError("batch_size, workers_count and prefetch must be >= 1")
     if spec.num_epochs is not None and spec.num_epochs < 1:

@@ -9,26 +9,30 @@ Images: ``cv2.imdecode`` (JPEG or PNG; OpenCV releases the GIL, so a thread pool
 parallel) -> optional resize -> optional flip / 90° rotation / colour jitter -> RGB planes written
 straight into a preallocated ``B x 3 x S x S`` array, uint8 or float32 (scaled, optionally
 ImageNet-normalised, per plane while it is still in cache). No pass over the whole batch afterwards.
+OpenCV's own thread pool is switched off at the first decoded tile (:func:`use_one_opencv_thread`): the
+parallelism comes from the decode threads.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from functools import cache
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
 import torch
 
-from stlake.stream.spec import IMAGENET_MEAN, IMAGENET_STD
+from stlake.constants import DEFAULT_TARGET_SUM, IMAGENET_MEAN, IMAGENET_STD
+from stlake.stream.spec import ImageDtype, NormalizeMode
 
-cv2.setNumThreads(1)  # parallelism comes from the decode threads
+Tiles = Union[Sequence[bytes], np.ndarray]  # encoded tiles: a list, or a numpy object array of a batch
 
 
 # ---------------------------------------------------------------- expression
 
-def flatten_lists(values: Sequence) -> tuple[np.ndarray, np.ndarray]:
+def flatten_lists(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(concatenated values, row offsets of length n+1) of a sequence of 1-D arrays / lists."""
     lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
     offsets = np.zeros(len(values) + 1, np.int64)
@@ -38,7 +42,7 @@ def flatten_lists(values: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-def normalize_counts(counts: np.ndarray, totals: np.ndarray, mode: str, target_sum: float) -> np.ndarray:
+def normalize_counts(counts: np.ndarray, totals: np.ndarray, mode: NormalizeMode, target_sum: float) -> np.ndarray:
     """Normalise non-zero counts (float64 in, float32 out); ``totals`` is each value's row total."""
     values = counts.astype(np.float64, copy=False)
     if mode == "none":
@@ -52,8 +56,8 @@ def normalize_counts(counts: np.ndarray, totals: np.ndarray, mode: str, target_s
 
 
 def densify(gene_ids: np.ndarray, counts: np.ndarray, offsets: np.ndarray, totals: np.ndarray,
-            lookup_ids: np.ndarray, lookup_cols: np.ndarray, n_genes: int, mode: str = "none",
-            target_sum: float = 1e4) -> np.ndarray:
+            lookup_ids: np.ndarray, lookup_cols: np.ndarray, n_genes: int, mode: NormalizeMode = "none",
+            target_sum: float = DEFAULT_TARGET_SUM) -> np.ndarray:
     """Dense ``n_rows x n_genes`` float32 panel matrix from flattened sparse rows.
 
     ``lookup_ids`` (sorted) / ``lookup_cols`` map gene ids to panel columns; other genes are dropped.
@@ -83,6 +87,7 @@ class Geometry:
 
     @classmethod
     def random(cls, n: int, rng: np.random.Generator) -> Geometry:
+        """Each sample flipped either way with probability 1/2 and turned 0-3 quarter turns."""
         return cls(rng.random(n) < 0.5, rng.random(n) < 0.5, rng.integers(0, 4, n))
 
 
@@ -99,7 +104,9 @@ class Jitter:
 
     @classmethod
     def random(cls, n: int, rng: np.random.Generator, strength: float = 0.2) -> Jitter:
-        draw = lambda: rng.uniform(1 - strength, 1 + strength, n).astype(np.float32)  # noqa: E731
+        """Factors drawn uniformly from ``[1 - strength, 1 + strength]`` (brightness, contrast, saturation)."""
+        def draw() -> np.ndarray:
+            return rng.uniform(1 - strength, 1 + strength, n).astype(np.float32)
         return cls(draw(), draw(), draw())
 
 
@@ -117,8 +124,15 @@ def jittered_planes(image: np.ndarray, brightness: float, contrast: float, satur
     return [cv2.addWeighted(plane, a, gray, b, c) for plane in cv2.split(image)]
 
 
+@cache
+def use_one_opencv_thread() -> None:
+    """Switch OpenCV's internal threading off (once per process): parallelism comes from the decode threads."""
+    cv2.setNumThreads(1)
+
+
 def decode_tile(data: bytes, size: Optional[int]) -> np.ndarray:
     """One tile's bytes -> BGR ``H x W x 3`` uint8 (resized to ``size`` when given)."""
+    use_one_opencv_thread()
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("undecodable tile (not a JPEG/PNG file)")
@@ -139,6 +153,7 @@ class ImageOps:
 
 
 def _geometry(image: np.ndarray, geometry: Optional[Geometry], i: int) -> np.ndarray:
+    """Sample ``i``'s flips and quarter turns applied to ``image`` (square tiles only are turned)."""
     if geometry is None:
         return image
     if geometry.flip_h[i]:
@@ -150,7 +165,8 @@ def _geometry(image: np.ndarray, geometry: Optional[Geometry], i: int) -> np.nda
     return image
 
 
-def _decode_range(tiles: Sequence[bytes], out: np.ndarray, start: int, stop: int, ops: ImageOps) -> None:
+def _decode_range(tiles: Tiles, out: np.ndarray, start: int, stop: int, ops: ImageOps) -> None:
+    """Decode tiles ``start:stop`` into their RGB planes of ``out`` (one decode thread's share)."""
     for i in range(start, stop):
         image = _geometry(decode_tile(tiles[i], ops.size), ops.geometry, i)
         if image.shape[:2] != out.shape[2:]:
@@ -184,7 +200,7 @@ def float_affine(normalize: bool) -> tuple[np.ndarray, np.ndarray]:
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
-def decode_batch(tiles: Sequence[bytes], ops: ImageOps, pool: Optional[ThreadPoolExecutor] = None,
+def decode_batch(tiles: Tiles, ops: ImageOps, pool: Optional[ThreadPoolExecutor] = None,
                  chunks: int = 1) -> np.ndarray:
     """Tiles -> ``B x 3 x S x S`` RGB (uint8, or float32 with ``ops.affine``), in ``chunks`` parallel slices."""
     n = len(tiles)
@@ -200,7 +216,7 @@ def decode_batch(tiles: Sequence[bytes], ops: ImageOps, pool: Optional[ThreadPoo
     return out
 
 
-def images_tensor(tiles: Sequence[bytes], size: Optional[int], dtype: str = "uint8", normalize: bool = False,
+def images_tensor(tiles: Tiles, size: Optional[int], dtype: ImageDtype = "uint8", normalize: bool = False,
                   geometry: Optional[Geometry] = None, jitter: Optional[Jitter] = None,
                   pool: Optional[ThreadPoolExecutor] = None, chunks: int = 1) -> torch.Tensor:
     """Tiles -> the stream's image tensor: uint8 RGB, or float32 in [0, 1] (ImageNet-normalised)."""

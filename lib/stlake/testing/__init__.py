@@ -1,1 +1,4 @@
-"""Helpers for tests, benchmarks and local demos: a real S3 server (`s3server`), small lakes of known content (`lake`)."""
+"""Helpers for tests, benchmarks and local demos.
+
+A real S3 server (``s3server``) and small lakes of known content (``lake``).
+"""

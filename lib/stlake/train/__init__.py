@@ -7,23 +7,18 @@ of batches, checkpoints, resume), ``metrics`` (retrieval recall@k, ridge linear 
 
 torch is imported on first use of the names below, so ``stlake.cli`` can register ``stlake train`` cheaply.
 """
+from stlake.lazy import lazy_exports
+
 ENCODERS = ("small", "resnet18")  # image encoders of stlake.train.model (here: no torch needed to list them)
 
-_LAZY = {"init_distributed": "stlake.train.distributed",
-         "OptimizerConfig": "stlake.train.loop", "load_checkpoint": "stlake.train.loop",
-         "save_checkpoint": "stlake.train.loop", "train": "stlake.train.loop",
-         "evaluate": "stlake.train.metrics", "linear_probe": "stlake.train.metrics",
-         "retrieval_recall": "stlake.train.metrics",
-         "ClipModel": "stlake.train.model", "ModelConfig": "stlake.train.model",
-         "build_model": "stlake.train.model", "clip_loss": "stlake.train.model"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'stlake.train' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, {
+    "init_distributed": "stlake.train.distributed",
+    "OptimizerConfig": "stlake.train.loop", "load_checkpoint": "stlake.train.loop",
+    "save_checkpoint": "stlake.train.loop", "train": "stlake.train.loop",
+    "evaluate": "stlake.train.metrics", "linear_probe": "stlake.train.metrics",
+    "retrieval_recall": "stlake.train.metrics",
+    "ClipModel": "stlake.train.model", "ModelConfig": "stlake.train.model",
+    "build_model": "stlake.train.model", "clip_loss": "stlake.train.model"})
 
 __all__ = ["ClipModel", "ENCODERS", "ModelConfig", "OptimizerConfig", "build_model", "clip_loss", "evaluate",
            "init_distributed", "linear_probe", "load_checkpoint", "retrieval_recall", "save_checkpoint", "train"]

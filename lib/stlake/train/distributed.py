@@ -6,7 +6,7 @@ reads its own shard of the stream (``cur_shard=rank``, ``shard_count=world_size`
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,7 @@ def env_ranks() -> tuple[int, int, int]:
 
 
 def default_backend(device: torch.device) -> str:
+    """NCCL for CUDA devices, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
 
 
@@ -42,12 +43,13 @@ def init_distributed(device: str = "auto", backend: Optional[str] = None) -> tup
     if target.type == "cuda":
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
-        kwargs = {"device_id": target} if target.type == "cuda" else {}
+        kwargs: dict[str, Any] = {"device_id": target} if target.type == "cuda" else {}
         dist.init_process_group(backend or default_backend(target), rank=rank, world_size=world_size, **kwargs)
     return rank, world_size, local_rank, target
 
 
 def is_distributed() -> bool:
+    """True when a process group is up."""
     return dist.is_available() and dist.is_initialized()
 
 
@@ -57,10 +59,12 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
+    """True on rank 0 (and in a single process)."""
     return not is_distributed() or dist.get_rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
     if is_distributed():
         dist.barrier()
 

@@ -125,9 +125,10 @@ def pinned_snapshot(lake: str, table: str) -> tuple[int, list[str]]:
     """
     import torch
 
+    from stlake.derived.pairs import missing_table_error
     from stlake.lake import tables
     from stlake.train import distributed
-    shared: list = [None, []]
+    shared: list[Any] = [None, []]
     if distributed.is_main_process():
         delta = tables.open_table(lake, table)
         if delta is not None:
@@ -135,8 +136,7 @@ def pinned_snapshot(lake: str, table: str) -> tuple[int, list[str]]:
     if distributed.is_distributed():
         torch.distributed.broadcast_object_list(shared, src=0)
     if shared[0] is None:
-        hint = " (build it with `stlake pairs`)" if table == "pairs" else ""
-        raise FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}")
+        raise missing_table_error(lake, table)
     return shared[0], shared[1]
 
 
@@ -144,9 +144,10 @@ def stream_spec(args: argparse.Namespace, slide_ids: Sequence[str], shard: int, 
                 num_epochs: Optional[int], seed: int, augment: bool = False, pin_memory: bool = False) -> Any:
     """A ``stlake.stream.StreamSpec`` for these slides and this shard (imported lazily)."""
     from stlake.stream import StreamSpec
-    kwargs = dict(lake=args.lake, normalize="normalize_total_log1p", image_size=args.image_size,
-                  image_dtype="float32", shuffle=shuffle, seed=seed, cur_shard=shard, shard_count=shards,
-                  num_epochs=num_epochs, batch_size=args.batch_size, slide_ids=list(slide_ids))
+    kwargs: dict[str, Any] = dict(
+        lake=args.lake, normalize="normalize_total_log1p", image_size=args.image_size, image_dtype="float32",
+        shuffle=shuffle, seed=seed, cur_shard=shard, shard_count=shards, num_epochs=num_epochs,
+        batch_size=args.batch_size, slide_ids=list(slide_ids))
     for key, value in (("panel_name", args.panel_name), ("table", getattr(args, "table", None)),
                        ("version", getattr(args, "version", None)),
                        ("decode_threads", getattr(args, "decode_threads", None))):
@@ -173,7 +174,7 @@ def build(args: argparse.Namespace, n_genes: int) -> ClipModel:
 
 
 def run_training(args: argparse.Namespace, train_ids: list[str], rank: int, world: int,
-                 device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
+                 device: torch.device) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """Stream this rank's shard of the training slides (endless epochs, so every rank runs ``--steps``).
 
     A resumed run reseeds the shuffle with the step it starts from, so it does not replay the first batches;
@@ -201,7 +202,7 @@ def run_training(args: argparse.Namespace, train_ids: list[str], rank: int, worl
 
 
 def run_evaluation(args: argparse.Namespace, model: torch.nn.Module, train_ids: list[str],
-                   holdout_ids: list[str]) -> dict:
+                   holdout_ids: list[str]) -> dict[str, Any]:
     """Rank 0: embed (unsharded, one epoch, no shuffle) train and held-out slides; retrieval + probe."""
     from stlake.stream import make_loader
     from stlake.train.metrics import evaluate
@@ -215,7 +216,7 @@ def run_evaluation(args: argparse.Namespace, model: torch.nn.Module, train_ids: 
     return metrics
 
 
-def write_metrics(args: argparse.Namespace, metrics: dict) -> Optional[str]:
+def write_metrics(args: argparse.Namespace, metrics: dict[str, Any]) -> Optional[str]:
     """Write ``metrics`` to ``--metrics-out`` (default ``<checkpoint-dir>/metrics.json``); the path, or None."""
     path = args.metrics_out or (os.path.join(args.checkpoint_dir, "metrics.json") if args.checkpoint_dir else None)
     if path:
@@ -225,7 +226,7 @@ def write_metrics(args: argparse.Namespace, metrics: dict) -> Optional[str]:
     return path
 
 
-def loss_summary(history: list[dict]) -> dict:
+def loss_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Last step, first and last loss of a training history (None each when it is empty)."""
     return {"steps": history[-1]["step"] if history else None,
             "first_loss": history[0]["loss"] if history else None,
@@ -233,7 +234,7 @@ def loss_summary(history: list[dict]) -> dict:
 
 
 def evaluate_and_report(args: argparse.Namespace, model: torch.nn.Module, train_ids: list[str],
-                        holdout_ids: list[str], summary: dict) -> None:
+                        holdout_ids: list[str], summary: dict[str, Any]) -> None:
     """Rank 0: evaluate on the held-out slides, write ``metrics.json``, print the metrics (into ``summary``)."""
     summary["eval"] = run_evaluation(args, model, train_ids, holdout_ids)
     summary["metrics_path"] = write_metrics(args, summary["eval"])
@@ -241,7 +242,7 @@ def evaluate_and_report(args: argparse.Namespace, model: torch.nn.Module, train_
     print(json.dumps(shown, indent=2, default=str))
 
 
-def train_and_evaluate(args: argparse.Namespace) -> dict:
+def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate on held-out slides (rank 0), return the summary (``steps``, losses, ``eval``, ``history``)."""
     from stlake.train import distributed
     rank, world, _, device = distributed.init_distributed(args.device)

@@ -3,15 +3,17 @@
 A batch is a dict with ``image`` (B x 3 x S x S float32 RGB), ``expression`` (B x G float32) and
 ``slide_id`` / ``spot_id`` / ``label`` lists, as the stream reader yields them. The loop works on a
 plain model or a DistributedDataParallel one (one process per GPU, torchrun); bf16 autocast on CUDA.
+Progress goes to ``log`` (by default this module's logger, at INFO level).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from stlake.train.model import ClipModel, clip_loss
 
 CHECKPOINT_NAME = "checkpoint.pt"
 Batch = dict[str, Any]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,10 +42,11 @@ class OptimizerConfig:
 
 def unwrap(model: nn.Module) -> ClipModel:
     """The ClipModel inside a DDP (or other ``.module``) wrapper."""
-    return model.module if hasattr(model, "module") else model
+    return cast(ClipModel, getattr(model, "module", model))
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
     return next(model.parameters()).device
 
 
@@ -50,7 +54,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norm weights and the logit scale (1-D / scalar parameters)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
@@ -68,6 +73,7 @@ def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -75,11 +81,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ---------------------------------------------------------------- checkpoints
 
 def checkpoint_path(checkpoint_dir: str) -> str:
+    """Where the loop keeps its checkpoint in ``checkpoint_dir``."""
     return os.path.join(checkpoint_dir, CHECKPOINT_NAME)
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int,
-                    extra: Optional[dict] = None) -> None:
+                    extra: Optional[dict[str, Any]] = None) -> None:
     """Write model + optimizer + step (+ model config) atomically (tmp file, then rename)."""
     inner = unwrap(model)
     state = {"step": step, "model": inner.state_dict(), "model_config": inner.config.to_dict(),
@@ -90,7 +97,7 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Optional[torch.optim
     os.replace(tmp, path)
 
 
-def restore_checkpoint(state: dict, model: Optional[nn.Module] = None,
+def restore_checkpoint(state: dict[str, Any], model: Optional[nn.Module] = None,
                        optimizer: Optional[torch.optim.Optimizer] = None) -> int:
     """Load a checkpoint's state into ``model`` / ``optimizer`` when given; returns its step."""
     if model is not None:
@@ -101,21 +108,22 @@ def restore_checkpoint(state: dict, model: Optional[nn.Module] = None,
 
 
 def load_checkpoint(path: str, model: Optional[nn.Module] = None, optimizer: Optional[torch.optim.Optimizer] = None,
-                    map_location: Any = "cpu") -> dict:
+                    map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint into ``model`` / ``optimizer`` when given; returns the raw state (``state["step"]``)."""
     state = torch.load(path, map_location=map_location, weights_only=False)
     restore_checkpoint(state, model, optimizer)
     return state
 
 
-def resume_state(checkpoint_dir: Optional[str], resume: bool = True, map_location: Any = "cpu") -> Optional[dict]:
+def resume_state(checkpoint_dir: Optional[str], resume: bool = True,
+                 map_location: Any = "cpu") -> Optional[dict[str, Any]]:
     """The state of ``checkpoint_dir/checkpoint.pt`` when resuming and it exists, else None."""
     if not (resume and checkpoint_dir and os.path.exists(checkpoint_path(checkpoint_dir))):
         return None
     return torch.load(checkpoint_path(checkpoint_dir), map_location=map_location, weights_only=False)
 
 
-def model_from_checkpoint(path: str, map_location: Any = "cpu") -> tuple[ClipModel, dict]:
+def model_from_checkpoint(path: str, map_location: Any = "cpu") -> tuple[ClipModel, dict[str, Any]]:
     """Rebuild the ClipModel stored in a checkpoint; returns (model, state)."""
     from stlake.train.model import ModelConfig
     state = torch.load(path, map_location=map_location, weights_only=False)
@@ -149,7 +157,7 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
     return image, expression
 
 
-def autocast(device: torch.device, amp: Optional[bool]):
+def autocast(device: torch.device, amp: Optional[bool]) -> torch.autocast:
     """bf16 autocast on CUDA (``amp=None``: on when the device is CUDA); a no-op context otherwise."""
     enabled = (device.type == "cuda") if amp is None else amp
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -173,10 +181,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, image: torch.
     return float(loss.detach())
 
 
+def step_record(step: int, loss: float, model: nn.Module, optimizer: torch.optim.Optimizer,
+                samples_per_s: float) -> dict[str, Any]:
+    """One history row: ``{step, loss, temperature, samples_per_s, lr}``."""
+    return {"step": step, "loss": loss, "temperature": unwrap(model).temperature, "samples_per_s": samples_per_s,
+            "lr": optimizer.param_groups[0]["lr"]}
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    """The logged line of a history row."""
+    return (f"step {row['step']:>6}  loss {row['loss']:.4f}  T {row['temperature']:.4f}  "
+            f"{row['samples_per_s']:.0f} samples/s  lr {row['lr']:.2e}")
+
+
 def train(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer_cfg: Optional[OptimizerConfig] = None,
           checkpoint_dir: Optional[str] = None, log_every: int = 10, checkpoint_every: Optional[int] = None,
           resume: bool = False, optimizer: Optional[torch.optim.Optimizer] = None, amp: Optional[bool] = None,
-          log: Optional[Callable[[str], None]] = print, resumed: Optional[dict] = None) -> list[dict]:
+          log: Optional[Callable[[str], None]] = logger.info,
+          resumed: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
     """Train until ``steps`` optimiser steps in total (counting resumed ones); returns the history.
 
     History: one dict per step run here, ``{step, loss, temperature, samples_per_s, lr}`` (``step`` is
@@ -194,7 +216,7 @@ def train(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer_cfg:
         log(f"resumed from {checkpoint_path(checkpoint_dir) if checkpoint_dir else 'a checkpoint'} at step {start}")
     total = cfg.total_steps or steps
     world = distributed.world_size()
-    history: list[dict] = []
+    history: list[dict[str, Any]] = []
     step = start
     tick = time.perf_counter()
     source = cycle(batches)
@@ -207,14 +229,10 @@ def train(model: nn.Module, batches: Iterable[Batch], steps: int, optimizer_cfg:
         loss = train_step(model, optimizer, image, expression, cfg.grad_clip, amp)
         step += 1
         now = time.perf_counter()
-        history.append({"step": step, "loss": loss, "temperature": unwrap(model).temperature,
-                        "samples_per_s": image.shape[0] * world / max(now - tick, 1e-9),
-                        "lr": optimizer.param_groups[0]["lr"]})
+        history.append(step_record(step, loss, model, optimizer, image.shape[0] * world / max(now - tick, 1e-9)))
         tick = now
         if log and (step % max(1, log_every) == 0 or step == steps):
-            row = history[-1]
-            log(f"step {step:>6}  loss {row['loss']:.4f}  T {row['temperature']:.4f}  "
-                f"{row['samples_per_s']:.0f} samples/s  lr {row['lr']:.2e}")
+            log(progress_line(history[-1]))
         if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0 and distributed.is_main_process():
             save_checkpoint(checkpoint_path(checkpoint_dir), model, optimizer, step)
     if checkpoint_dir and distributed.is_main_process() and step > start:

@@ -31,8 +31,8 @@ def embed(model: nn.Module, batches: Iterable[dict[str, Any]], max_batches: Opti
     was_training = inner.training
     inner.eval()
     device = model_device(inner)
-    parts: dict[str, list] = {k: [] for k in ("image_emb", "expr_emb", "image_features", "expression")}
-    ids: dict[str, list] = {"slide_id": [], "spot_id": [], "label": []}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image_emb", "expr_emb", "image_features", "expression")}
+    ids: dict[str, list[Any]] = {"slide_id": [], "spot_id": [], "label": []}
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
@@ -83,6 +83,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndar
 
 
 def predict_ridge(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``x @ weights + bias`` in float64 (a :func:`fit_ridge` model applied)."""
     return np.asarray(x, np.float64) @ weights + bias
 
 
@@ -123,7 +124,8 @@ def evaluate_embeddings(train: dict[str, Any], holdout: dict[str, Any], alpha: f
     return metrics
 
 
-def evaluate(model: nn.Module, train_batches: Iterable[dict], holdout_batches: Iterable[dict], alpha: float = 1.0,
+def evaluate(model: nn.Module, train_batches: Iterable[dict[str, Any]],
+             holdout_batches: Iterable[dict[str, Any]], alpha: float = 1.0,
              ks: Sequence[int] = DEFAULT_KS, gene_names: Optional[Sequence[str]] = None,
              max_train_batches: Optional[int] = None, probe_on: str = "image_emb") -> dict[str, Any]:
     """Embed train and held-out batches with the frozen model, then :func:`evaluate_embeddings`."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stlake.stream.spec import IMAGENET_MEAN, IMAGENET_STD  # the stream's normalisation, when it applies it
+from stlake.constants import IMAGENET_MEAN, IMAGENET_STD  # the stream's normalisation, when it applies it
 from stlake.train import ENCODERS  # defined torch-free there, for `stlake train --encoder`
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -39,11 +39,13 @@ class ModelConfig:
     logit_scale_init: float = LOGIT_SCALE_INIT
     logit_scale_max: float = LOGIT_SCALE_MAX
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values (stored in checkpoints)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """The config of :meth:`to_dict`'s values (lists read back from a checkpoint become tuples)."""
         values = dict(values)
         values["gene_hidden"] = tuple(values.get("gene_hidden", ()))
         for key in ("image_mean", "image_std"):
@@ -66,7 +68,8 @@ class SmallCNN(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         widths = [width, width * 2, width * 4, width * 4]
-        layers, c_in = [], 3
+        layers: list[nn.Module] = []
+        c_in = 3
         for c_out in widths:
             layers += [conv_bn(c_in, c_out, stride=2), conv_bn(c_out, c_out)]
             c_in = c_out
@@ -74,6 +77,7 @@ class SmallCNN(nn.Module):
         self.out_dim = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S images -> B x ``out_dim`` features."""
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
 
@@ -86,11 +90,12 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
+        self.downsample: Optional[nn.Sequential] = None
         if stride != 1 or c_in != c_out:
             self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output: ReLU(convs(x) + shortcut(x))."""
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -104,7 +109,8 @@ class ResNet18(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        stages, c_in = [], 64
+        stages: list[nn.Module] = []
+        c_in = 64
         for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out)))
             c_in = c_out
@@ -113,6 +119,7 @@ class ResNet18(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """Kaiming-normal convolutions; each block's last BatchNorm scaled to zero."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -121,10 +128,14 @@ class ResNet18(nn.Module):
                 nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x S x S images -> B x 512 features."""
         return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
 
 
-def build_image_encoder(config: ModelConfig) -> nn.Module:
+ImageEncoder = Union[SmallCNN, ResNet18]
+
+
+def build_image_encoder(config: ModelConfig) -> ImageEncoder:
     """The configured image trunk; it exposes ``out_dim``."""
     if config.encoder == "small":
         return SmallCNN(config.small_width)
@@ -140,7 +151,8 @@ class GeneEncoder(nn.Module):
 
     def __init__(self, n_genes: int, hidden: tuple[int, ...] = (512, 256), dropout: float = 0.1) -> None:
         super().__init__()
-        layers, c_in = [], n_genes
+        layers: list[nn.Module] = []
+        c_in = n_genes
         for c_out in hidden:
             layers += [nn.Linear(c_in, c_out), nn.LayerNorm(c_out), nn.GELU(), nn.Dropout(dropout)]
             c_in = c_out
@@ -148,6 +160,7 @@ class GeneEncoder(nn.Module):
         self.out_dim = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x G expression -> B x ``out_dim`` features."""
         return self.net(x)
 
 
@@ -162,6 +175,7 @@ class ProjectionHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features -> B x ``dim`` joint-space vectors (not yet normalised)."""
         projected = self.proj(x)
         return self.norm(projected + self.dropout(self.fc(F.gelu(projected))))
 
@@ -170,6 +184,9 @@ class ProjectionHead(nn.Module):
 
 class ClipModel(nn.Module):
     """Image tower + expression tower into one L2-normalised space, and the learnable logit scale."""
+
+    image_mean: torch.Tensor  # 1 x 3 x 1 x 1 buffers of the in-model normalisation
+    image_std: torch.Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -202,6 +219,7 @@ class ClipModel(nn.Module):
 
     @property
     def temperature(self) -> float:
+        """1 / scale: CLIP's softmax temperature."""
         return float(1.0 / self.scale().detach())
 
     @torch.no_grad()
@@ -221,10 +239,11 @@ def clip_loss(image_emb: torch.Tensor, expr_emb: torch.Tensor, scale: torch.Tens
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 
-def build_model(n_genes: int, encoder: str = "small", **overrides) -> ClipModel:
+def build_model(n_genes: int, encoder: str = "small", **overrides: Any) -> ClipModel:
     """A :class:`ClipModel` for a panel of ``n_genes`` genes."""
     return ClipModel(ModelConfig(n_genes=n_genes, encoder=encoder, **overrides))
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of ``module``."""
     return sum(p.numel() for p in module.parameters())
