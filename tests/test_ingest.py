@@ -14,7 +14,7 @@ from stlake.ingestion.driver import ingest
 from stlake.ingestion.options import IngestOptions
 from stlake.lake import genes, tables
 from stlake.sql import queries, read_table, register_views, run_sql
-from stlake.synth import CORRUPT_SLIDES, generate, generate_stimage_slide, load_truth, locate_marker
+from stlake.synth import CORRUPT_SLIDES, StimageSpec, generate, generate_stimage_slide, load_truth, locate_marker
 
 MARKER_CHECKS_PER_SLIDE = 150
 
@@ -188,7 +188,7 @@ def test_tables_read_back_by_delta_rs_and_by_spark(spark, lake):
 def test_giant_image_is_cut_region_by_region_within_the_memory_budget(spark, tmp_path):
     """A slide whose decoded image exceeds the budget: TIFF regions, several tasks, peak under the budget."""
     root, lake_dir = str(tmp_path / "raw"), str(tmp_path / "lake")
-    truth = generate_stimage_slide(root, "giant_1", "Visium", 600, 6000, 120, seed=3, image_format="tiff")
+    truth = generate_stimage_slide(root, StimageSpec("giant_1", "Visium", 600, 6000, 120, image_format="tiff"), seed=3)
     decoded = truth.image_width * truth.image_height * 3
     budget = decoded // 4
     options = IngestOptions(source=root, lake=lake_dir, encoding="png", memory_budget=budget,
@@ -208,7 +208,7 @@ def test_giant_image_is_cut_region_by_region_within_the_memory_budget(spark, tmp
 
 def test_giant_png_is_decoded_strip_by_strip_within_the_memory_budget(spark, tmp_path):
     root, lake_dir = str(tmp_path / "raw"), str(tmp_path / "lake")
-    truth = generate_stimage_slide(root, "giant_png", "Visium", 400, 5000, 100, seed=4, image_format="png")
+    truth = generate_stimage_slide(root, StimageSpec("giant_png", "Visium", 400, 5000, 100, image_format="png"), seed=4)
     budget = truth.image_width * truth.image_height * 3 // 3
     report = ingest(spark, IngestOptions(source=root, lake=lake_dir, encoding="jpeg", memory_budget=budget))
     assert report.landed == ["giant_png"], report.rejected
@@ -245,7 +245,7 @@ def test_rerun_after_the_source_lost_a_slide_keeps_other_slides(spark, dataset, 
 def test_a_lone_large_slide_is_split_so_every_core_gets_a_task(spark, tmp_path):
     """Two cores, one TIFF slide of 1,200 spots: its tiles are cut by two tasks, all spots land once."""
     root, lake_dir = str(tmp_path / "raw"), str(tmp_path / "lake")
-    truth = generate_stimage_slide(root, "lone_1", "Visium", 1200, 4000, 80, seed=5, image_format="tiff")
+    truth = generate_stimage_slide(root, StimageSpec("lone_1", "Visium", 1200, 4000, 80, image_format="tiff"), seed=5)
     report = ingest(spark, IngestOptions(source=root, lake=lake_dir))
     assert report.landed == ["lone_1"]
     assert report.tasks["units"] >= spark.sparkContext.defaultParallelism + 1  # tiles split + expression
