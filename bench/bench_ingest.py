@@ -192,7 +192,8 @@ def profile_units(info: dict, top: int = 12) -> dict:
             result = run_unit(unit, lake, "profile")
             profiler.disable()
             wall = time.perf_counter() - t0
-            out["units"].append({"kind": result.kind, "rows": result.rows, "wall_s": wall, "error": result.error,
+            out["units"].append({"kind": result.kind, "rows": result.rows, "wall_s": wall,
+                                 "error": result.error and f"{result.error.reason}: {result.error.detail}",
                                  "top_tottime": _top_functions(profiler, top)})
         return out
     finally:

@@ -180,7 +180,7 @@ def test_lake_bucket_encrypted_with_project_kms_key(tf):
 
 def test_every_bucket_encrypted_versioned_and_public_access_blocked(tf):
     for bucket in tf.of_type("aws_s3_bucket"):
-        def of(rtype):
+        def of(rtype, bucket=bucket):
             found = [b for b in tf.of_type(rtype).values() if _refs(b["bucket"], "aws_s3_bucket", bucket)]
             assert len(found) == 1, f"{rtype} for bucket {bucket}"
             return found[0]

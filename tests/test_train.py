@@ -420,7 +420,7 @@ def test_pinned_snapshot_lists_the_slides_of_the_streamed_version(tmp_path):
 
 
 def test_train_command_and_job_script_help():
-    """``stlake train`` takes the job's flags; ``jobs/train_clip.py`` is a thin entry point whose --help needs no torch."""
+    """``stlake train`` takes the job's flags; ``jobs/train_clip.py`` is a thin entry point, --help needs no torch."""
     from stlake import cli
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--help"])
