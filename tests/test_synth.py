@@ -27,7 +27,8 @@ from stlake.synth import (
     locate_marker,
     marker_patch,
 )
-from stlake.synth.image import Markers, Renderer, Scene, render, write_png_stream
+from stlake.synth.image import Markers, Renderer, Scene, render
+from stlake.synth.imagefiles import write_png_stream
 from stlake.synth.markers import MARKER_HALF, MAX_CODE
 
 VALID = ("st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1", "visium_1", "visium_2", "visiumhd_1")
@@ -429,8 +430,8 @@ def test_png_stream_writer_matches_opencv(tmp_path):
 
 
 def test_generate_stimage_slide_standalone(tmp_path, monkeypatch):
-    import stlake.synth.image as image_module
-    monkeypatch.setattr(image_module, "STREAM_PNG_PIXELS", 10_000)  # force the streamed PNG path
+    import stlake.synth.imagefiles as imagefiles
+    monkeypatch.setattr(imagefiles, "STREAM_PNG_PIXELS", 10_000)  # force the streamed PNG path
     root = str(tmp_path / "release")
     truth = generate_stimage_slide(root, StimageSpec("big_slide", "Visium", 120, 900, 80), seed=5)
     assert os.path.exists(os.path.join(root, "Visium", "coord", "big_slide_coord.csv"))

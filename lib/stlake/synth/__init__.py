@@ -12,7 +12,8 @@ cut at the right place to the pixel.
 """
 from stlake.synth.dataset import LAYOUTS, generate
 from stlake.synth.expression import GeneUniverse, gene_universe
-from stlake.synth.image import DOMAINS, STREAM_PNG_PIXELS, Renderer, Scene, write_png_stream
+from stlake.synth.image import DOMAINS, Renderer, Scene
+from stlake.synth.imagefiles import STREAM_PNG_PIXELS, write_png_stream
 from stlake.synth.markers import MARKER_HALF, MARKER_SIDE, decode_marker, locate_marker, marker_patch
 from stlake.synth.specs import CORRUPT_SLIDES, SIZES, Sizes, StimageSpec, get_sizes
 from stlake.synth.truth import Truth, load_truth, truth_path

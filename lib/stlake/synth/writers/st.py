@@ -12,7 +12,8 @@ import numpy as np
 
 from stlake.synth.expression import choose_genes, sample_counts
 from stlake.synth.formats import ensure_dir, open_text, write_dense
-from stlake.synth.image import Markers, Renderer, Scene, write_image
+from stlake.synth.image import Markers, Renderer, Scene
+from stlake.synth.imagefiles import write_image
 from stlake.synth.specs import SLIDE_META, Sizes
 from stlake.synth.truth import Truth, save_truth
 from stlake.synth.writers.common import DatasetJob, SlideInfo, fresh_dir, image_seed, slide_rng

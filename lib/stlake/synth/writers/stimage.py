@@ -19,7 +19,8 @@ import scipy.sparse as sp
 
 from stlake.synth.expression import GeneUniverse, choose_genes, gene_universe, sample_counts
 from stlake.synth.formats import ensure_dir, open_text, write_dense
-from stlake.synth.image import DOMAINS, Markers, Renderer, Scene, write_image
+from stlake.synth.image import DOMAINS, Markers, Renderer, Scene
+from stlake.synth.imagefiles import write_image
 from stlake.synth.markers import MARKER_SIDE
 from stlake.synth.specs import StimageSpec, corrupt_specs
 from stlake.synth.truth import Truth, save_truth
@@ -96,7 +97,7 @@ def generate_stimage_slide(out_dir: str, spec: StimageSpec, seed: int, *, univer
                            truth_root: Optional[str] = None) -> Truth:
     """Write one slide into the STimage-1K4M release at ``out_dir`` and return its truth.
 
-    PNGs above ``image.STREAM_PNG_PIXELS`` pixels are streamed strip by strip. The truth goes to
+    PNGs above ``imagefiles.STREAM_PNG_PIXELS`` pixels are streamed strip by strip. The truth goes to
     ``{truth_root}/truth/{slide_id}.npz`` (``truth_root`` defaults to ``out_dir``; none for a broken
     slide) and the slide's row is added to ``meta/meta_all_gene.csv``.
     """

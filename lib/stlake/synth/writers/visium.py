@@ -16,7 +16,8 @@ import scipy.sparse as sp
 
 from stlake.synth.expression import choose_genes, sample_counts
 from stlake.synth.formats import ensure_dir, write_10x_h5, write_10x_mtx, write_json
-from stlake.synth.image import Markers, Renderer, Scene, write_image, write_tiff
+from stlake.synth.image import Markers, Renderer, Scene
+from stlake.synth.imagefiles import write_image, write_tiff
 from stlake.synth.specs import SLIDE_META, Sizes
 from stlake.synth.truth import Truth, save_truth
 from stlake.synth.writers.common import (

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 
 from stlake.synth.expression import choose_genes, sample_counts
 from stlake.synth.formats import ensure_dir, write_10x_h5, write_json
-from stlake.synth.image import Markers, Renderer, Scene, encode_image, render, write_tiff
+from stlake.synth.image import Markers, Renderer, Scene, render
+from stlake.synth.imagefiles import encode_image, write_tiff
 from stlake.synth.markers import MARKER_SIDE
 from stlake.synth.specs import SLIDE_META, Sizes
 from stlake.synth.truth import Truth, save_truth
