@@ -58,3 +58,10 @@ def s3_env(s3_server, monkeypatch):
     storage._s3_filesystem.cache_clear()
     yield s3_server
     storage._s3_filesystem.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def corpus_baseline(spark, synthetic_dataset, tmp_path_factory):
+    """A lake of the reliability corpus's good slides alone (see tests/corpus.py), ingested once."""
+    import corpus
+    return corpus.baseline_run(spark, tmp_path_factory.mktemp("corpus_baseline"), synthetic_dataset)
