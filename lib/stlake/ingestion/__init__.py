@@ -5,7 +5,10 @@ cuts each slide into units (stage 1), ``units`` runs them (stage 2) with ``image
 image format), ``matrices`` (one module per count-matrix format) and ``tiling``; ``driver`` judges
 the slides and commits every table once.
 """
-from stlake.ingestion.driver import CommitFailed, IngestReport, ingest
-from stlake.ingestion.options import IngestOptions
+from stlake.lazy import lazy_exports
 
-__all__ = ["CommitFailed", "IngestOptions", "IngestReport", "ingest"]
+# Lazy, so that a Spark task importing ``stlake.ingestion.images`` (say) does not import the driver.
+_EXPORTS = {"CommitFailed": "stlake.ingestion.driver", "IngestReport": "stlake.ingestion.driver",
+            "ingest": "stlake.ingestion.driver", "IngestOptions": "stlake.ingestion.options"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
