@@ -4,6 +4,10 @@ A gene is keyed by (species, gene_key): the unversioned upper-case Ensembl id fo
 (``ENSG00000141510.12`` -> ``ENSG00000141510``), else the upper-cased symbol (``Tp53``/``TP53`` are one
 key). 10x features (id + name) are keyed by symbol, so a 10x slide and a symbol-only CSV slide share
 genes; their Ensembl id is recorded. ``gene_id`` is a hash of the key, so no coordination is needed.
+
+Collision remarks (``rejects`` warnings) name columns by number and gene name: gene names are
+identifiers that the ``genes`` table holds anyway, not counts. A name too long to be a gene name (a
+broken header can hold anything) is shortened to its first ``MAX_SHOWN`` characters.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ SPECIES_ALIASES = {
 UNKNOWN_SPECIES = "unknown"
 COLLISION = "gene_collision"
 EMPTY_NAME = "gene_name_empty"
+MAX_SHOWN = 40  # characters of a gene name or key shown in a remark
 
 
 @dataclass
@@ -109,14 +114,14 @@ def harmonise(genes: Sequence[str], ensembl_ids: Sequence[Optional[str]], symbol
             collisions.append((EMPTY_NAME, f"column {column + 1} has an empty gene name; dropped"))
             continue
         if key in owner:
-            clash = (f"same gene key {key!r} ({species_name}) as "
+            clash = (f"same gene key {_shown(key)} ({species_name}) as "
                      f"{_describe(genes, ensembl_ids, owner[key])}")
             fallback = _fallback_key(ensembl)
             if not fallback or fallback in owner:
                 collisions.append((COLLISION, f"{_describe(genes, ensembl_ids, column)} dropped: {clash}"))
                 continue
             collisions.append((COLLISION, f"{_describe(genes, ensembl_ids, column)} keyed by its id "
-                                          f"{fallback!r}: {clash}"))
+                                          f"{_shown(fallback)}: {clash}"))
             key = fallback
         owner[key] = column
         ids[column] = gene_id(species_name, key)
@@ -126,10 +131,17 @@ def harmonise(genes: Sequence[str], ensembl_ids: Sequence[Optional[str]], symbol
     return GeneMap(ids, table, collisions)
 
 
+def _shown(name: str) -> str:
+    """``name`` quoted for a message, shortened to ``MAX_SHOWN`` characters."""
+    return repr(name) if len(name) <= MAX_SHOWN else f"{name[:MAX_SHOWN]!r}... ({len(name)} characters)"
+
+
 def _describe(genes: Sequence[str], ensembl_ids: Sequence[Optional[str]], column: int) -> str:
     """A column for messages: its number, name and Ensembl id."""
     ens = ensembl_ids[column]
-    return f"column {column + 1} {genes[column]!r}" + (f" ({ens})" if ens else "")
+    if ens and len(ens) > MAX_SHOWN:
+        ens = _shown(ens)
+    return f"column {column + 1} {_shown(genes[column])}" + (f" ({ens})" if ens else "")
 
 
 @dataclass(frozen=True)

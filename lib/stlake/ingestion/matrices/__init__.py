@@ -9,7 +9,10 @@ One module per format (``ExpressionSource.kind``), each declaring ``FORMAT`` (se
 :mod:`.batch` holds the types and count validation they share. ``FORMATS`` below is the registry.
 
 Counts are validated: non-integral -> ``non_integer_counts``, negative -> ``negative_counts``,
-empty/NA or beyond int32 -> ``expression_unreadable``, a spot twice in a chunk -> ``duplicate_spot_ids``.
+empty/NA or beyond int32 -> ``expression_unreadable``, a spot twice in a chunk -> ``duplicate_spot_ids``;
+gene names and spot ids that are not UTF-8 -> ``text_not_utf8``. Every detail names the file, the line
+(or barcode / dataset entry), the column and the kind of problem, and never quotes a value or a line:
+``rejects`` is readable by everyone who reads the lake (:mod:`.errors` states the rule).
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from stlake.ingestion.matrices.batch import (
     SparseBatch,
     check_unique,
 )
-from stlake.ingestion.matrices.format import MatrixFormat, unreadable
+from stlake.ingestion.matrices.errors import unreadable
+from stlake.ingestion.matrices.format import MatrixFormat
 from stlake.ingestion.matrices.tenx import GENE_EXPRESSION
 from stlake.ingestion.matrices.text_parse import parse_text_block
 from stlake.ingestion.records import ExpressionSource, SlideError

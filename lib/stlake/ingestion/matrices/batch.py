@@ -1,7 +1,8 @@
 """What every count-matrix format produces: plans, chunks and bounded ``SparseBatch`` es of validated counts.
 
 This module owns the types shared by all formats (``ExprChunk``, ``ExprPlan``, ``SparseBatch``), the
-batch size limits, the count validation (``to_counts``: integral, non-negative, int32) and the helpers
+batch size limits, the count validation (``to_counts``: integral, non-negative, int32; errors say where
+and what, never the value) and the helpers
 that build, merge and split CSR batches. Batches are plain numpy CSR arrays rather than scipy sparse
 matrices: a few arrays per batch are all the writer needs, and merging / slicing them stays in numpy.
 """
@@ -70,17 +71,11 @@ def check_unique(ids: np.ndarray, seen: set[str], uri: str) -> None:
     seen.update(unique.tolist())
 
 
-def _format_value(value: float) -> str:
-    """A count as the source most likely wrote it: ``3`` for integral values, ``1.5`` otherwise."""
-    if isinstance(value, (int, np.integer)) or (np.isfinite(value) and float(value).is_integer()):
-        return str(int(value))
-    return repr(float(value))
+def to_counts(values: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """``values`` (any numeric dtype) as int32 counts, or ``SlideError`` saying where the first bad entry is.
 
-
-def to_counts(values: np.ndarray, where: Callable[[int], tuple[str, str]], uri: str) -> np.ndarray:
-    """``values`` (any numeric dtype) as int32 counts, or ``SlideError`` naming the first bad entry.
-
-    ``where(i)`` gives (spot id, gene name) of entry ``i``.
+    ``where(i)`` describes the place of entry ``i`` (file, row, spot, gene); the detail says what is
+    wrong with the value but never quotes it (see :mod:`.errors`).
     """
     if values.dtype.kind in "iu":
         bad = (values < 0) | (values > INT32_MAX)
@@ -90,15 +85,16 @@ def to_counts(values: np.ndarray, where: Callable[[int], tuple[str, str]], uri: 
         return values.astype(np.int32)
     first = int(np.flatnonzero(bad)[0])
     value = values[first]
-    spot, gene = where(first)
-    place = f"spot {spot!r}, gene {gene!r} in {uri}"
+    place = where(first)
     if values.dtype.kind == "f" and np.isnan(value):
-        raise SlideError("expression_unreadable", f"empty or NA count for {place}")
-    if values.dtype.kind == "f" and (not np.isfinite(value) or value != np.floor(value)):
-        raise SlideError("non_integer_counts", f"count {_format_value(value)} is not an integer: {place}")
+        raise SlideError("expression_unreadable", f"{place}: count is empty or NA")
+    if values.dtype.kind == "f" and not np.isfinite(value):
+        raise SlideError("non_integer_counts", f"{place}: count is infinite")
+    if values.dtype.kind == "f" and value != np.floor(value):
+        raise SlideError("non_integer_counts", f"{place}: count is not an integer")
     if value < 0:
-        raise SlideError("negative_counts", f"count {_format_value(value)} is negative: {place}")
-    raise SlideError("expression_unreadable", f"count {_format_value(value)} exceeds int32: {place}")
+        raise SlideError("negative_counts", f"{place}: count is negative")
+    raise SlideError("expression_unreadable", f"{place}: count is too large (above {INT32_MAX}, the int32 limit)")
 
 
 # ---------------------------------------------------------------- building and rebatching

@@ -7,15 +7,11 @@ kind is planned (headers / metadata only -> genes and chunks) and how one chunk 
 """
 from __future__ import annotations
 
-import contextlib
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch
-from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
+from stlake.ingestion.records import ExpressionSource, MatrixKind
 
 #: A source and the chunk size in bytes -> its genes and chunks, from headers / metadata only.
 Plan = Callable[[ExpressionSource, int], ExprPlan]
@@ -31,14 +27,3 @@ class MatrixFormat:
     plan: Plan
     read: ReadChunk
     chunk_kinds: tuple[str, ...]  # the ``ExprChunk.kind`` s its planner makes
-
-
-@contextlib.contextmanager
-def unreadable(uri: str) -> Iterator[None]:
-    """Turn I/O and format errors into ``SlideError('expression_unreadable')`` naming ``uri``."""
-    try:
-        yield
-    except SlideError:
-        raise
-    except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error, pa.ArrowException) as error:
-        raise SlideError("expression_unreadable", f"{uri}: {type(error).__name__}: {error}") from error

@@ -7,17 +7,23 @@ The first field of a row is the spot id; the header names the genes after a corn
 line. Gzipped files are one chunk, streamed. Lines are read in ~``READ_BLOCK`` blocks of whole lines
 and parsed by :mod:`.text_parse`. Hand-written rather than pandas: a task reads only its byte range,
 and memory stays bounded by the block size whatever the file size.
+
+Errors name the file and the line number (counted from the start of the file, header = line 1, only
+when an error is raised), the column and the kind of problem, never the text (:mod:`.errors`). The
+header and the spot ids must be UTF-8: other bytes reject the slide with ``text_not_utf8``.
 """
 from __future__ import annotations
 
 import csv
 import gzip
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Optional, Protocol
 
 from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, rebatch
+from stlake.ingestion.matrices.errors import NOT_UTF8, error_kind
 from stlake.ingestion.matrices.format import MatrixFormat
-from stlake.ingestion.matrices.text_parse import parse_text_block
+from stlake.ingestion.matrices.text_parse import Locate, parse_text_block
 from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
 from stlake.lake import storage
 
@@ -59,21 +65,28 @@ def _read_line(handle: ByteStream) -> bytes:
         parts.append(piece)
 
 
-def _split_fields(line: bytes, sep: str) -> list[str]:
-    """The fields of one line (CSV quoting rules), stripped; [] for an empty line."""
-    text = line.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+def _split_fields(line: bytes, sep: str, uri: str, number: int) -> list[str]:
+    """The fields of line ``number`` of ``uri`` (CSV quoting rules), stripped; [] for an empty line."""
+    try:
+        text = line.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        field = line.count(sep.encode(), 0, error.start) + 1
+        line_name = f"line {number} (header)" if number == 1 else f"line {number}"
+        raise SlideError(NOT_UTF8, f"{uri} {line_name}, field {field}: not valid UTF-8 "
+                                   f"(byte {error.start + 1} of the line)") from None
     return [field.strip() for field in next(csv.reader([text], delimiter=sep))] if text else []
 
 
 def _text_genes(header: list[str], first_row: list[str], uri: str) -> list[str]:
     """Gene names from the header: after its first cell, or all of it when rows have one more field."""
     if not header:
-        raise SlideError("expression_unreadable", f"empty header line in {uri}")
+        raise SlideError("expression_unreadable", f"{uri} line 1: no header (the file is empty or starts with a "
+                                                  "blank line)")
     if not first_row or len(first_row) == len(header):
         return header[1:]
     if len(first_row) == len(header) + 1:
         return header
-    raise SlideError("expression_unreadable", f"header of {uri} has {len(header)} fields but the first row has "
+    raise SlideError("expression_unreadable", f"{uri}: the header (line 1) has {len(header)} fields but line 2 has "
                                               f"{len(first_row)}")
 
 
@@ -83,7 +96,9 @@ def plan_text(src: ExpressionSource, chunk_bytes: int, default_sep: str) -> Expr
     with storage.open_decompressed(src.uri) as (handle, compressed):
         header = _read_line(handle)
         first = _read_line(handle)
-    genes = _text_genes(_split_fields(header, sep), _split_fields(first, sep), src.uri)
+    genes = _text_genes(_split_fields(header, sep, src.uri, 1), _split_fields(first, sep, src.uri, 2), src.uri)
+    if not first:
+        raise SlideError("expression_unreadable", f"{src.uri}: no data lines after the header (line 1)")
     data_start = len(header)
     if compressed:
         chunks, hint = [ExprChunk("gzip", 0, size)], None
@@ -110,8 +125,8 @@ def _first_line_start(handle: BinaryIO, start: int) -> int:
         position += len(piece)
 
 
-def _line_blocks(handle: ByteStream, position: int, stop: Optional[int]) -> Iterator[bytes]:
-    """Blocks of whole lines from ``position`` (a line start) covering every line starting before ``stop``.
+def _line_blocks(handle: ByteStream, position: int, stop: Optional[int]) -> Iterator[tuple[int, bytes]]:
+    """(offset, block) of whole-line blocks from ``position`` (a line start) to the last line starting before ``stop``.
 
     Each block ends with a newline (one is added after a last line without it).
     """
@@ -123,7 +138,7 @@ def _line_blocks(handle: ByteStream, position: int, stop: Optional[int]) -> Iter
         if stop is not None and position + len(buffer) >= stop:
             cut = buffer.find(b"\n", max(0, stop - 1 - position))
             if cut >= 0:
-                yield buffer[:cut + 1]
+                yield position, buffer[:cut + 1]
                 return
             if eof:
                 break
@@ -132,19 +147,35 @@ def _line_blocks(handle: ByteStream, position: int, stop: Optional[int]) -> Iter
             break
         cut = buffer.rfind(b"\n")
         if cut >= 0:
-            yield buffer[:cut + 1]
+            yield position, buffer[:cut + 1]
             position, buffer = position + cut + 1, buffer[cut + 1:]
     if buffer.strip():
-        yield buffer if buffer.endswith(b"\n") else buffer + b"\n"
+        yield position, buffer if buffer.endswith(b"\n") else buffer + b"\n"
 
 
-def _text_blocks(src: ExpressionSource, chunk: ExprChunk) -> Iterator[bytes]:
-    """The chunk's lines in blocks of about ``READ_BLOCK`` bytes of whole lines."""
+def _gzip_blocks(raw: ByteStream, uri: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, block) of the data lines of a gzipped matrix; truncated or corrupt data says how far it was read."""
+    handle = gzip.GzipFile(fileobj=raw)
+    position = lines = 0
+    try:
+        position = len(_read_line(handle))  # header
+        lines = 1
+        for offset, block in _line_blocks(handle, position, None):
+            yield offset, block
+            position, lines = offset + len(block), lines + block.count(b"\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise SlideError("expression_unreadable", f"{uri}: {error_kind(error)}; lines 1 to {lines} were read "
+                                                  f"({position} bytes of text)") from None
+
+
+def _text_blocks(src: ExpressionSource, chunk: ExprChunk) -> Iterator[tuple[int, bytes]]:
+    """(offset, block) of the chunk's lines in blocks of about ``READ_BLOCK`` bytes of whole lines.
+
+    ``offset`` is the block's position in the (uncompressed) text.
+    """
     with storage.open_input(src.uri) as raw:
         if chunk.kind == "gzip":
-            handle = gzip.GzipFile(fileobj=raw)
-            _read_line(handle)  # header
-            yield from _line_blocks(handle, 0, None)
+            yield from _gzip_blocks(raw, src.uri)
             return
         first = _first_line_start(raw, chunk.start)
         if first < chunk.stop:
@@ -152,11 +183,37 @@ def _text_blocks(src: ExpressionSource, chunk: ExprChunk) -> Iterator[bytes]:
             yield from _line_blocks(raw, first, chunk.stop)
 
 
+def line_number(uri: str, offset: int) -> Optional[int]:
+    """1-based line of byte ``offset`` of the (uncompressed) text of ``uri``; None when it cannot be counted.
+
+    Reads the file from its start: only called to name the line of an error.
+    """
+    newlines, left = 0, offset
+    try:
+        with storage.open_decompressed(uri) as (handle, _):
+            while left > 0:
+                piece = handle.read(min(left, READ_BLOCK))
+                if not piece:
+                    break
+                newlines, left = newlines + piece.count(b"\n"), left - len(piece)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return newlines + 1
+
+
+def _locator(uri: str, block_offset: int) -> Locate:
+    """Where a line of the block at ``block_offset`` of ``uri`` is: ``uri line N``."""
+    def locate(offset: int) -> str:
+        number = line_number(uri, block_offset + offset)
+        return f"{uri} line {number}" if number else f"{uri} (line at byte {block_offset + offset})"
+    return locate
+
+
 def read_text_chunk(src: ExpressionSource, plan: ExprPlan, chunk: ExprChunk, default_sep: str) -> Iterator[SparseBatch]:
     """The rows of one ``bytes`` / ``gzip`` chunk, in batches of at most ``MAX_BATCH_ROWS`` rows."""
     sep = separator(src, default_sep)
-    yield from rebatch(batch for block in _text_blocks(src, chunk)
-                       for batch in parse_text_block(block, plan.genes, sep, src.uri))
+    yield from rebatch(batch for offset, block in _text_blocks(src, chunk)
+                       for batch in parse_text_block(block, plan.genes, sep, src.uri, _locator(src.uri, offset)))
 
 
 def delimited_format(kind: MatrixKind, default_sep: str) -> MatrixFormat:
