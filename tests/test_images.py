@@ -49,16 +49,27 @@ def test_mislabelled_files_are_sniffed(tmp_path):
         assert err.value.reason == "image_unreadable"
 
 
+def write_with_gap(path, head: bytes, gap: int, tail: bytes) -> None:
+    """``head``, ``gap`` zero bytes (a sparse hole where the file system allows) and ``tail``."""
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.seek(gap, 1)
+        handle.write(tail)
+
+
 def test_probe_reads_headers_only(tmp_path, monkeypatch):
-    huge_png = tmp_path / "huge.png"
+    # Headers of huge images over files just large enough to hold them (the probe reads head and tail only).
+    huge_png, lying_png = tmp_path / "huge.png", tmp_path / "lying.png"
     ihdr = struct.pack(">IIBBBBB", 100_000, 80_000, 8, 2, 0, 0, 0)
-    huge_png.write_bytes(images.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-                         + chunk(b"IEND", b""))
+    head = images.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+    write_with_gap(huge_png, head, 80_000 * 300_001 // 1032, chunk(b"IEND", b""))
+    lying_png.write_bytes(head + chunk(b"IEND", b""))
     jpeg = bytearray(cv2.imencode(".jpg", coord_image(16, 16))[1].tobytes())
     sof = jpeg.index(b"\xff\xc0")
     jpeg[sof + 5:sof + 9] = struct.pack(">HH", 50_000, 60_000)  # height, width
-    huge_jpg = tmp_path / "huge.bin"
-    huge_jpg.write_bytes(bytes(jpeg))
+    huge_jpg, lying_jpg = tmp_path / "huge.bin", tmp_path / "lying.bin"
+    write_with_gap(huge_jpg, bytes(jpeg[:-2]), 9_000_000, b"\xff\xd9")  # 4:2:0 blocks at one bit: 8.8 MB
+    lying_jpg.write_bytes(bytes(jpeg))
 
     def no_decode(*args, **kwargs):
         raise AssertionError("probe_image decoded pixels")
@@ -67,6 +78,10 @@ def test_probe_reads_headers_only(tmp_path, monkeypatch):
     assert images.probe_image(str(huge_png)) == images.ImageInfo(100_000, 80_000, 3, "png", False)
     assert images.probe_image(str(huge_jpg)) == images.ImageInfo(60_000, 50_000, 3, "jpeg", False)
     assert images.decoded_bytes(images.probe_image(str(huge_png))) == 100_000 * 80_000 * 3
+    for lying in (lying_png, lying_jpg):  # the same headers over a few bytes: refused, still without decoding
+        with pytest.raises(SlideError) as err:
+            images.probe_image(str(lying))
+        assert err.value.reason == "image_corrupt" and "cannot hold them" in err.value.detail
 
 
 # ----------------------------------------------------------------------------- all formats

@@ -29,4 +29,4 @@ def test_truncated_jpeg(tmp_path):
     path.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(SlideError) as err:
         images.open_region_reader(str(path))
-    assert err.value.reason == "image_unreadable"
+    assert err.value.reason == "image_corrupt"

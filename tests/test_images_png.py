@@ -78,7 +78,7 @@ def test_truncated_and_corrupt_png(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(SlideError) as err:
         images.probe_image(str(truncated))
-    assert err.value.reason == "image_unreadable"
+    assert err.value.reason == "image_corrupt"
     corrupt = bytearray(data)  # damaged image data, intact header and IEND
     start = corrupt.index(b"IDAT") + 40
     corrupt[start:start + 200] = bytes(200)
@@ -88,7 +88,7 @@ def test_truncated_and_corrupt_png(tmp_path):
         with pytest.raises(SlideError) as err:
             with images.open_region_reader(str(path), budget) as reader:
                 reader.read_rows(0, 120)
-        assert err.value.reason == "image_unreadable"
+        assert err.value.reason == "image_corrupt"
 
 
 def png_variants() -> dict[str, bytes]:

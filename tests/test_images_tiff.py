@@ -232,4 +232,4 @@ def test_truncated_tiff(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(SlideError) as err:
         images.open_region_reader(str(path))
-    assert err.value.reason == "image_unreadable"
+    assert err.value.reason == "image_corrupt"

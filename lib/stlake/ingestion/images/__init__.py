@@ -14,6 +14,13 @@ No task may hold the whole decoded image when the slide is larger than its budge
 Conversions: gray is replicated to 3 channels, alpha is dropped (not composited), 16-bit samples
 keep their high byte (as OpenCV does for PNG), TIFF palettes are applied, MinIsWhite is inverted.
 EXIF orientation is ignored: pixels are addressed as stored, like the header's width and height.
+
+Errors (``SlideError``): ``image_unreadable`` when the file is not a PNG/JPEG/TIFF at all (or its header
+is invalid or unsupported), ``image_corrupt`` when it is one but damaged: a header claiming more pixels
+than the file could hold (refused by the probe, before any decode), a stream that is cut, fails a
+checksum or does not match its header (decoders only warn about such data and return an image; each
+format module says what it checks), ``image_too_large`` when it cannot be read within the budget.
+Details name the file and say what is wrong and where (offset, chunk, row); they never quote its bytes.
 """
 # ``base`` comes first: it raises OpenCV's pixel limit, which must happen before cv2 is imported.
 from stlake.ingestion.images.base import ImageFormat, ImageInfo, RegionReader, decoded_bytes

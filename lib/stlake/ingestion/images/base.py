@@ -7,7 +7,9 @@ Also the one OpenCV set-up the package needs: its pixel limit is raised before `
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import re
 
 # OpenCV refuses to decode images of more than 2**30 pixels unless OPENCV_IO_MAX_IMAGE_PIXELS says
 # otherwise, and it reads that variable once, when its library loads (``import cv2``), not at the
@@ -16,6 +18,7 @@ import os
 # a value the user chose).
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
 
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import BinaryIO, Literal, Optional, Union  # noqa: E402
 
@@ -29,6 +32,7 @@ ImageFormat = Literal["png", "jpeg", "tiff"]
 
 GIB = 1024 ** 3
 _TAIL = 64 * 1024  # how far from the end a PNG IEND / JPEG EOI marker is looked for
+_BYTES_LITERAL = re.compile(r"""(?<!\w)b(['"]).*?(?<!\\)\1""")  # b'...' in a message: file bytes, never shown
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,34 @@ def _file_size(fh: BinaryIO) -> int:
 
 
 def _check_tail(fh: BinaryIO, marker: bytes, after: int, what: str) -> None:
-    """The file's last bytes must contain ``marker`` (IEND / EOI), else it is truncated."""
+    """The file's last 64 KiB must contain ``marker`` (IEND / EOI), else it is truncated.
+
+    A cheap first check at probe time; the readers verify the whole stream structure later. A file
+    with more than 64 KiB of other data after its end marker is refused here too.
+    """
     size = _file_size(fh)
     start = max(after, size - _TAIL)
     fh.seek(start)
     if marker not in fh.read(size - start):
-        raise SlideError("image_unreadable", f"{what} is truncated (no {marker!r} end marker)")
+        raise corrupt(f"{what} has no end marker in its last {_TAIL // 1024} KiB (the file of {size} bytes "
+                      "is truncated, or other data follows the image)")
+
+
+def corrupt(detail: str) -> SlideError:
+    """An ``image_corrupt`` error: the file is a recognised image, but its data is damaged or inconsistent.
+
+    ``image_unreadable`` is for what cannot be read as an image at all (not an image, empty, invalid or
+    unsupported header). Details say what is wrong and where (offset, row, chunk), never file bytes.
+    """
+    return SlideError("image_corrupt", detail)
+
+
+def describe_error(error: BaseException) -> str:
+    """A codec's or parser's exception as ``Type: message`` for a detail, without quoted bytes, short."""
+    lines = str(error).strip().splitlines()
+    text = _BYTES_LITERAL.sub("<bytes>", lines[0]) if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _SeqReader:
@@ -95,7 +121,36 @@ class _SeqReader:
             self._base, self._buf, self._pos = self.position + n, b"", 0
 
 
-def _imdecode(data: Union[bytes, memoryview], flags: int) -> Optional[np.ndarray]:
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """The process's stderr (file descriptor 2) goes to /dev/null meanwhile.
+
+    For a decode whose C library warnings are expected (libjpeg reporting the filler bytes the JPEG
+    check adds on purpose). Output of other threads to stderr in that moment is lost too.
+    """
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no /dev/null: the warnings stay visible
+        null = -1
+    try:
+        saved = os.dup(2) if null >= 0 else -1
+    except OSError:  # no stderr: nothing to silence
+        saved = -1
+    if saved < 0:
+        if null >= 0:
+            os.close(null)
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _imdecode(data: Union[bytes, memoryview, np.ndarray], flags: int) -> Optional[np.ndarray]:
     """``cv2.imdecode`` of ``data``; ``None`` when OpenCV cannot decode it."""
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -140,11 +195,22 @@ class RegionReader(abc.ABC):
         look at: a reader may leave pixels outside them undecoded (zero), e.g. TIFF tiles under no spot.
         """
 
+    def finish(self) -> None:  # noqa: B027 - optional hook: a reader that checks everything up front has none
+        """Check the parts of the file the reads did not reach (e.g. the rest of a streamed PNG).
+
+        Called when a ``with`` block is left without an error; raises ``SlideError`` when they are damaged.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook: a reader holding nothing need not override it
         """Release file handles and caches."""
 
     def __enter__(self) -> RegionReader:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Optional[type[BaseException]], *rest: object) -> None:
+        """``finish`` (unless the block raised), then ``close``."""
+        try:
+            if exc_type is None:
+                self.finish()
+        finally:
+            self.close()

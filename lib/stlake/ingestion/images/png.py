@@ -1,12 +1,20 @@
 """PNG: the IHDR header, the header probe, chunk writing and the streaming reader for PNGs over budget.
 
-A PNG within budget is decoded whole by ``region._CachedReader``; one over budget is streamed top
-to bottom by ``_PngStreamReader``: the IDAT data is inflated incrementally and each strip of rows is
-re-wrapped as a small PNG and decoded by OpenCV, so only a strip is ever held. Interlaced PNGs over
-budget cannot be streamed.
+A PNG within budget is decoded whole by ``region._CachedReader`` (``decode_png``); one over budget is
+streamed top to bottom by ``_PngStreamReader``: the IDAT data is inflated incrementally and each strip
+of rows is re-wrapped as a small PNG and decoded by OpenCV, so only a strip is ever held. Interlaced
+PNGs over budget cannot be streamed.
+
+Damage is ``image_corrupt``, checked on the whole stream whichever way it is read: the probe refuses
+a header claiming more scanline bytes than the file could inflate to (deflate packs at most 1032:1),
+``decode_png`` checks every chunk's CRC, one run of IDAT chunks and IEND before decoding (libpng then
+refuses image data shorter than the header), and the streaming reader checks CRCs as it goes and, in
+``finish``, inflates what the reads did not reach: every row down to the header's height, the end of
+the zlib stream, and the chunks up to IEND. Data past the header's last row is ignored, as libpng does.
 """
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Iterator
@@ -16,12 +24,24 @@ from typing import BinaryIO, Optional
 import cv2
 import numpy as np
 
-from stlake.ingestion.images.base import ImageInfo, RegionReader, _check_tail, _imdecode, _SeqReader
+from stlake.ingestion.images.base import (
+    ImageInfo,
+    RegionReader,
+    _check_tail,
+    _file_size,
+    _imdecode,
+    _SeqReader,
+    corrupt,
+    describe_error,
+)
 from stlake.ingestion.records import SlideError
 from stlake.lake import storage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+#: Deflate's best ratio: a 258-byte match coded in two bits.
+_MAX_DEFLATE_RATIO = 1032
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -50,13 +70,28 @@ class _PngHeader:
     @property
     def rowbytes(self) -> int:
         """Bytes of one unfiltered scanline."""
-        return (self.width * self.samples * self.depth + 7) // 8
+        return self._rowbytes(self.width)
+
+    def _rowbytes(self, width: int) -> int:
+        return (width * self.samples * self.depth + 7) // 8
+
+    def scanline_bytes(self) -> int:
+        """Bytes the IDAT data must inflate to: filter byte + scanline, each row (of each pass when interlaced)."""
+        if not self.interlace:
+            return self.height * (self.rowbytes + 1)
+        total = 0
+        for x0, y0, dx, dy in _ADAM7:
+            cols, rows = -(-max(0, self.width - x0) // dx), -(-max(0, self.height - y0) // dy)
+            total += rows * (self._rowbytes(cols) + 1) if cols else 0
+        return total
 
 
 def _parse_ihdr(head: bytes) -> _PngHeader:
     """The IHDR of a PNG's first 33 bytes, checked; ``SlideError`` when it is invalid."""
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[8:16] != b"\0\0\0\rIHDR":
         raise SlideError("image_unreadable", "PNG without a valid IHDR chunk")
+    if struct.unpack(">I", head[29:33])[0] != zlib.crc32(head[12:29]):
+        raise corrupt("PNG IHDR chunk at offset 8 fails its CRC check (damaged)")
     width, height, depth, color_type, comp, filt, interlace = struct.unpack(">IIBBBBB", head[16:29])
     if width == 0 or height == 0 or depth not in _PNG_DEPTHS.get(color_type, ()) \
             or comp != 0 or filt != 0 or interlace > 1:
@@ -70,8 +105,76 @@ def _probe_png(fh: BinaryIO) -> tuple[ImageInfo, _PngHeader]:
     fh.seek(0)
     header = _parse_ihdr(fh.read(33))
     _check_tail(fh, b"IEND", 33, "PNG")
+    _check_plausible_size(header, _file_size(fh))
     channels = 3 if header.color_type == 3 else header.samples
     return ImageInfo(header.width, header.height, channels, "png", False), header
+
+
+def _check_plausible_size(header: _PngHeader, size: int) -> None:
+    """A header claiming more scanlines than the file could inflate to is a lie (``image_corrupt``)."""
+    need = -(-header.scanline_bytes() // _MAX_DEFLATE_RATIO)
+    if size < need:
+        raise corrupt(f"PNG header claims {header.width}x{header.height} pixels, but the file's {size} bytes cannot "
+                      f"hold them (their {header.scanline_bytes()} bytes of scanlines need at least {need} bytes "
+                      f"even at deflate's best ratio of {_MAX_DEFLATE_RATIO}:1)")
+
+
+def _chunk_name(kind: bytes) -> str:
+    """``IDAT chunk`` and the like; a type that is not four ASCII letters is not quoted."""
+    return f"{kind.decode('ascii')} chunk" if kind.isascii() and kind.isalpha() else "chunk with an invalid type"
+
+
+def _chunk_body(reader: _SeqReader, offset: int, kind: bytes, length: int, keep: bool = False) -> bytes:
+    """The rest of the chunk whose 8-byte head (at ``offset``) was just read, its CRC checked.
+
+    Returns the chunk's data when ``keep`` (else ``b""``); ``image_corrupt`` when it is cut or damaged.
+    """
+    if length > 0x7FFFFFFF:
+        raise corrupt(f"PNG {_chunk_name(kind)} at offset {offset} has an invalid length")
+    crc, left, parts = zlib.crc32(kind), length, []
+    while left:
+        piece = reader.read(min(left, 1 << 20))
+        if not piece:
+            break
+        crc, left = zlib.crc32(piece, crc), left - len(piece)
+        if keep:
+            parts.append(piece)
+    stored = reader.read(4)
+    if left or len(stored) < 4:
+        raise corrupt(f"PNG ends inside its {_chunk_name(kind)} at offset {offset} (truncated)")
+    if struct.unpack(">I", stored)[0] != crc:
+        raise corrupt(f"PNG {_chunk_name(kind)} at offset {offset} fails its CRC check (damaged)")
+    return b"".join(parts)
+
+
+def _check_chunks_to_iend(reader: _SeqReader, idat_seen: bool) -> None:
+    """Chunks from the reader's position to IEND: CRCs, a single run of IDAT chunks, IEND present."""
+    in_idat = False
+    while True:
+        offset = reader.position
+        head = reader.read(8)
+        if len(head) < 8:
+            raise corrupt(f"PNG ends at offset {offset} before its IEND chunk (truncated)")
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IDAT" and idat_seen and not in_idat:
+            raise corrupt(f"PNG has a second run of IDAT chunks at offset {offset} (its image data is split)")
+        in_idat = kind == b"IDAT"
+        idat_seen = idat_seen or in_idat
+        _chunk_body(reader, offset, kind, length)
+        if kind == b"IEND":
+            if not idat_seen:
+                raise corrupt("PNG has no image data (IDAT chunk) before its IEND chunk")
+            return
+
+
+def decode_png(data: bytes, header: _PngHeader, flags: int) -> np.ndarray:
+    """A whole PNG held in memory, its chunks checked, decoded with ``flags``; ``image_corrupt`` when damaged."""
+    _check_chunks_to_iend(_SeqReader(io.BytesIO(data), 8, 4 << 20), idat_seen=False)
+    image = _imdecode(data, flags)
+    if image is None:
+        raise corrupt(f"PNG image data is damaged or shorter than its header's {header.width}x{header.height} "
+                      "(libpng refuses it)")
+    return image
 
 
 class _PngStreamReader(RegionReader):
@@ -85,7 +188,8 @@ class _PngStreamReader(RegionReader):
     bit-identical to one ``cv2.imdecode(IMREAD_COLOR)`` of the whole file.
 
     ``read_rows`` with ``y0`` above the current stream position restarts the stream from the first
-    IDAT chunk (correct but slow): callers should go top to bottom.
+    IDAT chunk (correct but slow): callers should go top to bottom. ``finish`` (on leaving a ``with``
+    block) checks the rest of the stream, so a PNG cut below the last row read is refused too.
     """
 
     streaming = True
@@ -110,7 +214,7 @@ class _PngStreamReader(RegionReader):
         return max(1, min(header.height, min(budget_bytes // 8, 64 << 20) // per_row))
 
     def _fail(self, detail: str) -> SlideError:
-        return SlideError("image_unreadable", f"{self._uri}: {detail}")
+        return corrupt(f"{self._uri}: {detail}")
 
     def _prelude(self) -> tuple[Optional[np.ndarray], int]:
         """BGR palette (256 x 3, for color type 3) and the offset of the first IDAT chunk."""
@@ -120,17 +224,20 @@ class _PngStreamReader(RegionReader):
             offset = reader.position
             head = reader.read(8)
             if len(head) < 8:
-                raise self._fail("PNG has no image data (IDAT)")
+                raise self._fail(f"PNG ends at offset {offset} before its image data (IDAT chunk)")
             length, kind = struct.unpack(">I4s", head)
-            if kind == b"IDAT":
+            if kind in (b"IDAT", b"IEND"):
                 break
+            try:
+                body = _chunk_body(reader, offset, kind, length, keep=kind == b"PLTE")
+            except SlideError as error:
+                raise self._fail(error.detail) from None
             if kind == b"PLTE":
-                rgb = np.frombuffer(reader.read(length), np.uint8).reshape(-1, 3)
+                rgb = np.frombuffer(body[: len(body) // 3 * 3], np.uint8).reshape(-1, 3)
                 palette = np.zeros((256, 3), np.uint8)
                 palette[: len(rgb)] = rgb[:256, ::-1]
-                reader.skip(4)
-            else:
-                reader.skip(length + 4)
+        if kind != b"IDAT":
+            raise self._fail("PNG has no image data (IDAT chunk) before its IEND chunk")
         if self._h.color_type == 3 and palette is None:
             raise self._fail("palette PNG without a PLTE chunk")
         return palette, offset
@@ -140,31 +247,39 @@ class _PngStreamReader(RegionReader):
         if getattr(self, "_row", 0):
             self.restarts += 1
         self._pieces = self._idat_pieces()
+        self._idat_end = 0  # set when the IDAT chunks are read to their end
         self._inflate = zlib.decompressobj()
         self._pending = b""
         self._row = 0
         self._prev = bytes(self._h.rowbytes)
 
     def _idat_pieces(self) -> Iterator[bytes]:
-        """The concatenated IDAT payload in pieces of at most 1 MiB, CRCs checked."""
+        """The concatenated IDAT payload in pieces of at most 1 MiB, CRCs checked.
+
+        When the IDAT chunks end, ``_idat_end`` is the offset of the chunk after them.
+        """
         reader = _SeqReader(self._fh, self._idat_offset, 4 << 20)
         while True:
+            offset = reader.position
             head = reader.read(8)
             if len(head) < 8:
-                raise self._fail("PNG is truncated inside its image data")
+                raise self._fail(f"PNG ends at offset {offset} inside its image data (truncated)")
             length, kind = struct.unpack(">I4s", head)
             if kind != b"IDAT":
+                self._idat_end = offset
                 return
             crc, left = zlib.crc32(kind), length
             while left:
                 piece = reader.read(min(left, 1 << 20))
                 if not piece:
-                    raise self._fail("PNG is truncated inside its image data")
+                    raise self._fail(f"PNG ends inside its IDAT chunk at offset {offset} (truncated)")
                 crc, left = zlib.crc32(piece, crc), left - len(piece)
                 yield piece
             stored = reader.read(4)
-            if len(stored) < 4 or struct.unpack(">I", stored)[0] != crc:
-                raise self._fail("PNG image data is corrupt (IDAT CRC mismatch) or truncated")
+            if len(stored) < 4:
+                raise self._fail(f"PNG ends inside its IDAT chunk at offset {offset} (truncated)")
+            if struct.unpack(">I", stored)[0] != crc:
+                raise self._fail(f"PNG IDAT chunk at offset {offset} fails its CRC check (damaged)")
 
     def _filtered(self, nbytes: int) -> bytes:
         """The next ``nbytes`` of filtered scanlines."""
@@ -177,7 +292,8 @@ class _PngStreamReader(RegionReader):
             try:
                 piece = self._inflate.decompress(self._pending, nbytes - have)
             except zlib.error as error:
-                raise self._fail(f"PNG image data is corrupt near row {self._row} ({error})") from None
+                raise self._fail(f"PNG image data is corrupt near row {self._row} ({describe_error(error)})") \
+                    from None
             self._pending = self._inflate.unconsumed_tail
             if piece:
                 parts.append(piece)
@@ -250,6 +366,33 @@ class _PngStreamReader(RegionReader):
         """Whole rows ``[y0, y1)`` streamed, then cut to columns ``[x0, x1)``."""
         _, _, x0, x1 = self._clip(y0, y1, x0, x1)
         return self.read_rows(y0, y1)[:, x0:x1]
+
+    def finish(self) -> None:
+        """Check what the reads did not reach: the rows below, the zlib stream's end, the chunks to IEND.
+
+        The rows are only inflated (not decoded); rows past the header's height are ignored.
+        """
+        row_bytes = self._h.rowbytes + 1
+        while self._row < self._h.height:
+            rows = min(self._strip_rows, self._h.height - self._row)
+            self._filtered(rows * row_bytes)
+            self._row += rows
+        while not self._inflate.eof:
+            if not self._pending:
+                self._pending = next(self._pieces, b"")
+                if not self._pending:
+                    raise self._fail("PNG image data ends before the end of its compressed stream (truncated)")
+            try:
+                self._inflate.decompress(self._pending, 1 << 20)
+            except zlib.error as error:
+                raise self._fail(f"PNG image data is corrupt after its last row ({describe_error(error)})") from None
+            self._pending = self._inflate.unconsumed_tail
+        for _ in self._pieces:  # the IDAT chunks left after the stream's end (their CRCs are checked)
+            pass
+        try:
+            _check_chunks_to_iend(_SeqReader(self._fh, self._idat_end, 1 << 16), idat_seen=True)
+        except SlideError as error:
+            raise self._fail(error.detail) from None
 
     def close(self) -> None:
         """Close the file."""

@@ -6,7 +6,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO, Optional
 
-from stlake.ingestion.images.base import ImageFormat, ImageInfo
+from stlake.ingestion.images.base import ImageFormat, ImageInfo, describe_error
 from stlake.ingestion.images.jpeg import _probe_jpeg
 from stlake.ingestion.images.png import PNG_SIGNATURE, _PngHeader, _probe_png
 from stlake.ingestion.images.tiff import _TiffLevel
@@ -26,7 +26,7 @@ def sniff_format(head: bytes) -> ImageFormat:
         return "tiff"
     if not head:
         raise SlideError("image_unreadable", "the image file is empty")
-    raise SlideError("image_unreadable", f"not a PNG, JPEG or TIFF file (starts with {head[:8]!r})")
+    raise SlideError("image_unreadable", "not a PNG, JPEG or TIFF file (its first bytes are none of their signatures)")
 
 
 def probe_image(uri: str) -> ImageInfo:
@@ -46,7 +46,8 @@ def _header_errors(uri: str) -> Iterator[None]:
     except SlideError as error:
         raise SlideError(error.reason, f"{uri}: {error.detail}") from None
     except (OSError, ValueError, struct.error, IndexError, KeyError) as error:
-        raise SlideError("image_unreadable", f"{uri}: cannot read the image header ({error})") from None
+        raise SlideError("image_unreadable", f"{uri}: cannot read the image header ({describe_error(error)})") \
+            from None
 
 
 def _parse_header(fh: BinaryIO) -> tuple[ImageInfo, Optional[_PngHeader], Optional[_TiffLevel]]:

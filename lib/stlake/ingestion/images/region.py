@@ -1,7 +1,8 @@
 """``open_region_reader``: the reader each format and budget calls for, and the cached whole-image reader.
 
 * **TIFF**: random access (``tiff._TiffReader``), whatever the budget.
-* **PNG / JPEG within budget**: one ``cv2.imdecode``, cached (``_CachedReader``).
+* **PNG / JPEG within budget**: one ``cv2.imdecode`` of the whole stream, checked, cached
+  (``_CachedReader``; the checks are ``png.decode_png``'s and ``jpeg.decode_jpeg``'s).
 * **PNG over budget**: streamed top to bottom (``png._PngStreamReader``); interlaced: ``image_too_large``.
 * **JPEG over budget**: ``image_too_large`` (no random access; convert such slides to tiled TIFF).
 """
@@ -13,8 +14,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, _imdecode, decoded_bytes
-from stlake.ingestion.images.png import _PngHeader, _PngStreamReader
+from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, corrupt, decoded_bytes
+from stlake.ingestion.images.jpeg import decode_jpeg
+from stlake.ingestion.images.png import _PngHeader, _PngStreamReader, decode_png
 from stlake.ingestion.images.probe import _open_probed
 from stlake.ingestion.images.tiff import _TiffReader
 from stlake.ingestion.options import DEFAULT_MEMORY_BUDGET
@@ -27,20 +29,24 @@ logger = logging.getLogger(__name__)
 class _CachedReader(RegionReader):
     """A PNG or JPEG within budget: decoded once with OpenCV on first use, then sliced."""
 
-    def __init__(self, uri: str, info: ImageInfo, budget_bytes: int) -> None:
+    def __init__(self, uri: str, info: ImageInfo, budget_bytes: int, png: Optional[_PngHeader] = None) -> None:
         super().__init__(info, budget_bytes)
-        self._uri = uri
+        self._uri, self._png = uri, png
         self._image: Optional[np.ndarray] = None
 
     def _decode(self) -> np.ndarray:
-        """The whole image, read-only; ``SlideError`` when OpenCV cannot decode it at full size."""
+        """The whole image, read-only; ``image_corrupt`` when its stream is damaged or its size is not the header's."""
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
         with storage.open_input(self._uri) as fh:
             data = fh.read()
-        image = _imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        try:
+            image = decode_png(data, self._png, flags) if self._png is not None else decode_jpeg(data, flags)
+        except SlideError as error:
+            raise SlideError(error.reason, f"{self._uri}: {error.detail}") from None
         del data
-        if image is None or image.shape[:2] != (self.info.height, self.info.width):
-            raise SlideError("image_unreadable", f"{self._uri}: the {self.info.format.upper()} data is "
-                                                 "corrupt or truncated (OpenCV could not decode it)")
+        if image.shape[:2] != (self.info.height, self.info.width):
+            raise corrupt(f"{self._uri}: the {self.info.format.upper()} decodes to {image.shape[1]}x{image.shape[0]}, "
+                          f"not the {self.info.width}x{self.info.height} of its header")
         image.flags.writeable = False
         self._note(image.nbytes)
         return image
@@ -60,8 +66,9 @@ class _CachedReader(RegionReader):
 def open_region_reader(uri: str, budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> RegionReader:
     """A reader for ``uri`` that keeps decoded pixels within ``budget_bytes`` where the format allows.
 
-    Raises ``SlideError("image_too_large")`` for a JPEG (or interlaced PNG) over budget, and
-    ``SlideError("image_unreadable")`` for anything that is not a readable PNG/JPEG/TIFF.
+    Raises ``SlideError("image_too_large")`` for a JPEG (or interlaced PNG) over budget,
+    ``SlideError("image_unreadable")`` for anything that is not a readable PNG/JPEG/TIFF, and
+    ``SlideError("image_corrupt")`` for a damaged one (here, on a read, or when a ``with`` block ends).
     A TIFF is opened and its structure parsed once; the reader keeps that file and level.
     """
     fh, info, png, level = _open_probed(uri)
@@ -69,7 +76,7 @@ def open_region_reader(uri: str, budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> R
         return _TiffReader(uri, fh, level, budget_bytes)
     fh.close()
     if decoded_bytes(info) <= budget_bytes:
-        return _CachedReader(uri, info, budget_bytes)
+        return _CachedReader(uri, info, budget_bytes, png)
     return _over_budget_reader(uri, info, budget_bytes, png)
 
 

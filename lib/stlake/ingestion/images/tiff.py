@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, BinaryIO, Optional, Union
 import cv2
 import numpy as np
 
-from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, _file_size, _imdecode
+from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, _file_size, corrupt, describe_error
+from stlake.ingestion.images.jpeg import decode_jpeg
 from stlake.ingestion.records import SlideError
 
 if TYPE_CHECKING:
@@ -39,8 +40,7 @@ class _TiffLevel:
         except SlideError:
             raise
         except Exception as error:  # tifffile raises many kinds on malformed files
-            raise SlideError("image_unreadable",
-                             f"TIFF structure is invalid ({type(error).__name__}: {error})") from error
+            raise SlideError("image_unreadable", f"TIFF structure is invalid ({describe_error(error)})") from None
         self.page = page
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.samples = int(page.samplesperpixel)
@@ -87,10 +87,12 @@ class _TiffLevel:
         if self.photometric == 6 and self.compression != 7:
             raise SlideError("image_unreadable", "YCbCr TIFF without JPEG compression is not supported")
         if len(self.offsets) < self.planes * self.across * self.down:
-            raise SlideError("image_unreadable", "TIFF has fewer strips/tiles than its image needs")
+            raise corrupt(f"TIFF has {len(self.offsets)} strips/tiles where its image needs "
+                          f"{self.planes * self.across * self.down}")
         end = int((self.offsets + self.counts).max()) if len(self.offsets) else 0
         if end > _file_size(self._fh):
-            raise SlideError("image_unreadable", "TIFF is truncated (image data past the end of the file)")
+            raise corrupt(f"TIFF is truncated (its image data runs to offset {end}, past the end of the "
+                          f"{_file_size(self._fh)}-byte file)")
 
     def _check_codec(self) -> None:
         """The compression must have a decoder (OpenCV for 8-bit JPEG, else tifffile's codecs)."""
@@ -117,15 +119,16 @@ class _TiffLevel:
         return segment.reshape(segment.shape[-3:])
 
     def _decode_jpeg(self, data: Union[bytes, memoryview]) -> np.ndarray:
-        """One JPEG segment via OpenCV: shared tables merged in, RGB-coded data marked as such."""
+        """One JPEG segment via OpenCV: shared tables merged in, RGB-coded data marked as such, stream checked."""
         tables = self.page.jpegtables
         if tables:
             data = bytes(tables[:-2]) + bytes(data[2:])
         if self.photometric == 2 and self.samples // self.planes == 3:
             data = bytes(data[:2]) + _ADOBE_RGB + bytes(data[2:])
-        array = _imdecode(data, cv2.IMREAD_UNCHANGED)
-        if array is None:
-            raise SlideError("image_unreadable", "a JPEG tile/strip of the TIFF is corrupt")
+        try:
+            array = decode_jpeg(data, cv2.IMREAD_UNCHANGED)
+        except SlideError as error:
+            raise SlideError(error.reason, f"a JPEG tile/strip of the TIFF is damaged: {error.detail}") from None
         return array[..., ::-1] if array.ndim == 3 else array[..., None]
 
     def to_bgr(self, raw: np.ndarray) -> np.ndarray:
@@ -161,6 +164,15 @@ class _TiffLevel:
         self.close()
 
 
+def _check_segment_size(level: _TiffLevel, index: int, seg: np.ndarray, top: int, left: int) -> None:
+    """A decoded strip/tile must cover its part of the image (``image_corrupt`` when its data is short)."""
+    rows, cols = min(level.seg_h, level.height - top), min(level.seg_w, level.width - left)
+    if seg.shape[0] < rows or seg.shape[1] < cols:
+        kind = "tile" if level.tiled else "strip"
+        raise corrupt(f"TIFF {kind} {index} decodes to {seg.shape[1]}x{seg.shape[0]} pixels where its place in the "
+                      f"image needs {cols}x{rows}")
+
+
 class _TiffReader(RegionReader):
     """Random-access reads of TIFF level 0, decoding only the intersecting strips or tiles."""
 
@@ -190,8 +202,7 @@ class _TiffReader(RegionReader):
         except SlideError as error:
             raise SlideError(error.reason, f"{self._uri}: {error.detail}") from None
         except (ValueError, OSError, RuntimeError) as error:  # incl. unsupported codecs (a RuntimeError)
-            raise SlideError("image_unreadable", f"{self._uri}: TIFF data cannot be decoded "
-                                                 f"({type(error).__name__}: {error})") from None
+            raise corrupt(f"{self._uri}: TIFF data cannot be decoded ({describe_error(error)})") from None
         self._note(raw.nbytes + (0 if out is raw else out.nbytes) + largest)
         return out
 
@@ -229,8 +240,13 @@ class _TiffReader(RegionReader):
             if data is None:
                 continue  # an empty segment stays 0
             plane, top, left = segments[index]
-            seg = level.decode(data, index)
+            try:
+                seg = level.decode(data, index)
+            except (ValueError, OSError, RuntimeError) as error:  # a codec's error on damaged data
+                raise corrupt(f"TIFF {'tile' if level.tiled else 'strip'} {index} (at offset "
+                              f"{int(level.offsets[index])}) cannot be decoded ({describe_error(error)})") from None
             largest = max(largest, seg.nbytes)
+            _check_segment_size(level, index, seg, top, left)
             ya, yb = max(y0, top), min(y1, top + seg.shape[0])
             xa, xb = max(x0, left), min(x1, left + seg.shape[1])
             if yb <= ya or xb <= xa:
@@ -260,7 +276,7 @@ class _TiffReader(RegionReader):
                 self._fh.seek(start)
                 blob = memoryview(self._fh.read(end - start))
                 if len(blob) < end - start:
-                    raise SlideError("image_unreadable", "TIFF is truncated inside its image data")
+                    raise corrupt(f"TIFF is truncated inside its image data (at offset {start + len(blob)})")
                 for i in group:
                     yield i, blob[int(level.offsets[i]) - start:int(level.offsets[i] + level.counts[i]) - start]
                 group = []
@@ -283,7 +299,7 @@ class _TiffReader(RegionReader):
                 self._fh.seek(offset)
                 buf = self._fh.read((end - y) * row_bytes)
                 if len(buf) < (end - y) * row_bytes:
-                    raise SlideError("image_unreadable", "TIFF is truncated inside its image data")
+                    raise corrupt(f"TIFF is truncated inside its image data (at offset {offset + len(buf)})")
                 rows = np.frombuffer(buf, level.file_dtype).reshape(end - y, level.width, spp)[:, x0:x1]
                 largest = max(largest, len(buf))
                 if level.planes > 1:
