@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import readerdata as fx
-from stlake.ingestion.discover import MAX_DEPTH, discover
+from stlake.ingestion.discover import MAX_DEPTH, discover, find_slides
 from stlake.ingestion.readers import ReaderOptions, read_slide, stimage, visium
 from stlake.lake import storage
 
@@ -64,12 +64,16 @@ def test_scan_layout_filter_and_depth_limit(tmp_path):
 
 
 def test_scan_duplicate_slide_id_names_both_paths(tmp_path):
+    """Both entries of a duplicated id are refused (documented in stlake.ingestion.discover), each naming both."""
     root = tmp_path / "data"
     fx.make_visium(root / "batch1" / "S1")
     fx.make_st(root / "batch2" / "S1", name="x")
-    with pytest.raises(ValueError) as error:
-        discover(str(root))
-    assert str(root / "batch1" / "S1") in str(error.value) and str(root / "batch2" / "S1") in str(error.value)
+    found = find_slides(str(root))
+    assert found.refs == [] and [(r.slide_id, r.rejection.reason) for r in found.rejected] == [
+        ("S1", "duplicate_slide_id")] * 2
+    for refused in found.rejected:
+        assert str(root / "batch1" / "S1") in refused.rejection.detail
+        assert str(root / "batch2" / "S1") in refused.rejection.detail
 
 
 def test_missing_source(tmp_path):
@@ -132,11 +136,11 @@ def test_manifest_explicit_role_paths_and_errors(tmp_path):
                          "image": str(tmp_path / "files" / "q_HE.jpg")}
     assert len(read_slide(ref).spots) == 3
     fx.write(tmp_path / "dup.yml", yaml.safe_dump({"slides": rows + [dict(rows[0], counts="other.tsv")]}))
-    with pytest.raises(ValueError, match="found twice"):
-        discover(str(tmp_path / "dup.yml"))
+    dup = find_slides(str(tmp_path / "dup.yml"))  # duplicates are refused entries now, not a ValueError
+    assert dup.refs == [] and {r.rejection.reason for r in dup.rejected} == {"duplicate_slide_id"}
     fx.write(tmp_path / "bad.csv", "slide_id,layout,path\nX,imaginary,somewhere\n")
-    with pytest.raises(ValueError, match="layout"):
-        discover(str(tmp_path / "bad.csv"))
+    [bad] = find_slides(str(tmp_path / "bad.csv")).rejected  # so is an unknown layout
+    assert (bad.slide_id, bad.rejection.reason) == ("X", "manifest_invalid") and "layout" in bad.rejection.detail
 
 
 def test_resolve_relative():

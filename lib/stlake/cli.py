@@ -15,6 +15,11 @@ from stlake.ingestion.readers import layout_names
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
 
+#: ``stlake ingest`` exit codes besides 0 (the report printed; some entries may have been rejected).
+EXIT_COMMIT_FAILED = 2  # a table commit failed; the message says whether a re-run can help
+EXIT_RUN_ERROR = 3  # the source cannot be opened, or the lake path cannot hold a lake; nothing was done
+EXIT_NO_SLIDES = 4  # the source holds no entry at all; nothing was done
+
 
 def parse_size(text: str) -> int:
     """'4G', '512M', '64k' or a plain number of bytes."""
@@ -74,16 +79,33 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """``stlake ingest``: run the ingest job and print its report as JSON; 2 when a table commit failed."""
-    from stlake.ingestion.driver import CommitFailed, ingest
+    """``stlake ingest``: run the ingest job and print its report as JSON (exit codes: ``EXIT_*``).
+
+    The lake path and the source are checked, and slides discovered, before Spark starts: a run that
+    cannot start ends with one line on stderr and no traceback.
+    """
+    from stlake.ingestion.discover import no_slides_message
+    from stlake.ingestion.driver import CommitFailed, ingest, prepare_run
+    from stlake.ingestion.records import RunError
     from stlake.spark import spark_session
+    options = options_from_args(args)
     try:
-        report = ingest(spark_session("stlake-ingest", args.master), options_from_args(args))
+        found = prepare_run(options)
+        if found.empty:
+            return fail(no_slides_message(found.source), EXIT_NO_SLIDES)
+        report = ingest(spark_session("stlake-ingest", args.master), options, found=found)
+    except RunError as error:
+        return fail(str(error), EXIT_RUN_ERROR)
     except CommitFailed as error:
-        print(f"stlake ingest: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_COMMIT_FAILED)
     print(report.to_json())
     return 0
+
+
+def fail(message: str, code: int) -> int:
+    """Print ``stlake ingest: message`` on stderr; returns the exit ``code``."""
+    print(f"stlake ingest: {message}", file=sys.stderr)
+    return code
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -13,6 +13,9 @@ z-score within its bin, ``(log_disp - median) / (1.4826 * MAD)`` as in scanpy's 
 flavour, so one extreme gene cannot inflate its own bin's spread. Genes detected in fewer than
 ``min_spots`` spots are left out. The top ``k`` per species are stored as panel ``hvg{k}`` in the
 ``gene_panels`` table (replacing that panel's previous rows), ``score`` = the normalised dispersion.
+
+Panel names and run ids follow :data:`stlake.lake.tables.SAFE_NAME` (1-128 letters, digits, ``.``,
+``_``, ``-``, starting with a letter or digit); any other name raises ``ValueError`` before any work.
 """
 from __future__ import annotations
 
@@ -127,9 +130,12 @@ def panel_rows(name: str, ranked: pd.DataFrame, genes: pa.Table) -> pa.Table:
 def write_panel(lake: str, name: str, rows: pa.Table, run_id: Optional[str] = None) -> int:
     """Replace panel ``name``'s rows of ``gene_panels`` by ``rows`` (one commit); returns the version.
 
-    ``run_id`` defaults to a new ``hvg-...`` run id (:func:`stlake.lake.tables.new_run_id`).
+    ``run_id`` defaults to a new ``hvg-...`` run id (:func:`stlake.lake.tables.new_run_id`). ``ValueError``
+    when ``name`` or ``run_id`` is not a safe name.
     """
     import pyarrow.compute as pc
+    tables.check_name("panel name", name)
+    run_id = tables.check_name("run id", run_id) if run_id else tables.new_run_id("hvg")
 
     def build(current: Optional[pa.Table]) -> pa.Table:
         """The other panels' current rows and the new ones."""
@@ -139,7 +145,7 @@ def write_panel(lake: str, name: str, rows: pa.Table, run_id: Optional[str] = No
         others = current.filter(pc.not_equal(current.column("panel"), name)).cast(schemas.GENE_PANELS)
         return pa.concat_tables([others, rows_cast])
 
-    return tables.overwrite_small_table(lake, "gene_panels", build, run_id=run_id or tables.new_run_id("hvg"))
+    return tables.overwrite_small_table(lake, "gene_panels", build, run_id=run_id)
 
 
 def read_panel(lake: str, name: str) -> pa.Table:
@@ -158,8 +164,13 @@ def panel_names(lake: str) -> list[str]:
 
 def compute_hvg(spark: SparkSession, lake: str, k: int = 256, name: Optional[str] = None,
                 target_sum: float = DEFAULT_TARGET_SUM, min_spots: int = 3, run_id: Optional[str] = None) -> pa.Table:
-    """Spark job: the top-``k`` highly variable genes per species, stored as panel ``name`` (``hvg{k}``)."""
-    name = name or f"hvg{k}"
+    """Spark job: the top-``k`` highly variable genes per species, stored as panel ``name`` (``hvg{k}``).
+
+    ``ValueError`` before any work when ``name`` or ``run_id`` is not a safe name (see the module docstring).
+    """
+    name = tables.check_name("panel name", name or f"hvg{k}")
+    if run_id:
+        tables.check_name("run id", run_id)
     ranked = rank_hvg(gene_stats(spark, lake, target_sum), k, min_spots)
     rows = panel_rows(name, ranked, tables.read_table(lake, "genes", columns=["gene_id", "symbol"]))
     write_panel(lake, name, rows, run_id)

@@ -1,8 +1,10 @@
 """The ingest job's driver: discover -> plan (stage 1) -> units (stage 2) -> one commit per table.
 
-Every slide is judged on its own: a slide whose plan or any unit failed, or whose spots and
-expression rows do not match, is written to ``rejects`` and its files are deleted; the other slides
-land. Re-ingesting a slide replaces its rows in every table in the same commit that adds the new ones.
+Every slide is judged on its own: an entry discovery refused (bad id, bad manifest row, duplicate id,
+unreachable source), a slide whose plan or any unit failed, or whose spots and expression rows do not
+match, is written to ``rejects`` and its files are deleted; the other slides land. Re-ingesting a slide
+replaces its rows in every table in the same commit that adds the new ones. Only a source that cannot
+be opened or a lake path that cannot hold a lake stops the run before it starts (``RunError``).
 """
 from __future__ import annotations
 
@@ -12,19 +14,19 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from stlake.ingestion.discover import discover
+from stlake.ingestion.discover import Discovery, find_slides, no_slides_message
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
 from stlake.ingestion.readers.common import preview
-from stlake.ingestion.records import Rejection, Remark, SlideRef
+from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
 from stlake.ingestion.units import UnitResult, run_unit
-from stlake.lake import genes, schemas, tables
+from stlake.lake import genes, schemas, storage, tables
 from stlake.spark import forward_storage_environment
 
 log = logging.getLogger(__name__)
@@ -34,16 +36,35 @@ COMMIT_ORDER = ("genes", "expression", "annotations", "spots", "slides", "reject
 
 
 class CommitFailed(RuntimeError):
-    """A table commit failed (e.g. storage unreachable); earlier tables of the run are committed."""
+    """A table commit failed; earlier tables of the run are committed.
 
-    def __init__(self, table: str, committed: dict[str, int], cause: Exception) -> None:
+    ``health`` (:func:`stlake.lake.tables.table_health`, probed after the failure) tells the cases apart:
+    storage that does not answer (a re-run lands everything once it does), a table whose Delta log
+    cannot be read (a re-run fails the same way until the log is repaired), or a transient failure.
+    """
+
+    def __init__(self, table: str, committed: dict[str, int], cause: Exception,
+                 health: tables.TableHealth = "readable", why: str = "", lake: str = "") -> None:
         done = ", ".join(f"{name} v{version}" for name, version in committed.items()) or "none"
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        super().__init__(f"committing table '{table}' failed ({type(cause).__name__}: {first_line}). "
-                         f"Committed before it in this run: {done}. The run's slides are not listed in "
-                         f"'slides', so none looks complete; re-run the job to land them (their rows are "
-                         f"replaced, never duplicated).")
-        self.table, self.committed = table, dict(committed)
+        landed = ("The run's slides are listed in 'slides'; only its rejects rows are missing. " if "slides" in
+                  committed else "The run's slides are not listed in 'slides', so none looks complete. ")
+        cause_text = storage.describe_error(cause)
+        super().__init__(f"committing table '{table}' failed ({cause_text}). Committed before it in this run: "
+                         f"{done}. {landed}{commit_advice(lake, table, health, '' if why == cause_text else why)}")
+        self.table, self.committed, self.health = table, dict(committed), health
+
+
+def commit_advice(lake: str, table: str, health: tables.TableHealth, why: str = "") -> str:
+    """What to do after a failed commit, by the table's health (``why``: the probe's error, if worth saying)."""
+    because = f" ({why})" if why else ""
+    if health == "unreachable":
+        return (f"The lake's storage does not answer{because}: re-run the job once it does (the run's rows are "
+                "replaced, never duplicated).")
+    if health == "log_unreadable":
+        log_uri = storage.join(tables.table_uri(lake, table), "_delta_log") if lake else "_delta_log"
+        return (f"The table's Delta log cannot be read{because}, so a re-run fails the same way: repair it "
+                f"first (e.g. restore the latest commit file under {log_uri} from a backup), then re-run.")
+    return "Re-run the job to land them (their rows are replaced, never duplicated)."
 
 
 @dataclass
@@ -130,6 +151,11 @@ def collect_warnings(outcome: SlideOutcome) -> None:
     if unknown:
         outcome.warnings.append(("expression_rows_without_spot", f"{unknown} expression rows name spots that are "
                                                                  "not in the coordinates (or not in tissue)"))
+    tiles = sum(r.rows for r in outcome.results if r.kind == "tiles")
+    if tiles and sum(r.uniform_tiles for r in outcome.results) == tiles:
+        image = outcome.plan.record.image_uri if outcome.plan.record else "the image"
+        outcome.warnings.append(("uniform_tiles", f"all {tiles} tiles are (near) one colour: {image} looks blank, "
+                                                  "or the spots do not lie on the tissue"))
 
 
 def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcome]:
@@ -188,6 +214,12 @@ def reject_rows(outcomes: list[SlideOutcome], run_id: str, now: datetime) -> lis
     return rows
 
 
+def refused_rows(refused: list[EntryRejection], run_id: str, now: datetime) -> list[dict[str, Any]]:
+    """The ``rejects`` rows of the entries discovery refused (stage ``discover``)."""
+    return [{"run_id": run_id, "slide_id": entry.slide_id, "source_uri": entry.source_uri, "rejected_at": now,
+             **asdict(entry.rejection)} for entry in refused]
+
+
 # ---------------------------------------------------------------- commit
 
 def files_by_table(outcomes: list[SlideOutcome]) -> dict[str, list[tables.DataFile]]:
@@ -217,29 +249,52 @@ def commit_table(lake: str, name: str, files: list[tables.DataFile], new_genes: 
     return tables.commit(lake, name, files, replace, run_id)
 
 
-def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, run_id: str) -> dict[str, int]:
-    """Delete the files of rejected slides, then commit every table once, in ``COMMIT_ORDER``."""
-    now = datetime.now(timezone.utc)
-    landed = [o for o in outcomes if o.error is None]
+def discard_rejected(lake: str, outcomes: list[SlideOutcome]) -> None:
+    """Delete the files of rejected slides (files left behind are never in a snapshot, so only logged)."""
     for outcome in outcomes:
         if outcome.error is not None:
-            tables.discard(lake, (f for r in outcome.results for f in r.files))
+            try:
+                tables.discard(lake, (f for r in outcome.results for f in r.files))
+            except OSError as error:
+                log.warning("files of rejected slide %s not deleted: %s", outcome.slide_id,
+                            storage.describe_error(error))
+
+
+def driver_files(lake: str, name: str, rows: list[dict[str, Any]], run_id: str) -> list[tables.DataFile]:
+    """The data files of a table whose rows the driver builds (``slides``, ``rejects``); none without rows."""
+    if not rows:
+        return []
+    return tables.write_data_files(lake, name, pa.Table.from_pylist(rows, schemas.TABLES[name]), f"{run_id}-{name}")
+
+
+def commit_failure(lake: str, table: str, committed: dict[str, int], error: Exception) -> CommitFailed:
+    """The ``CommitFailed`` of a table, its advice chosen by probing the table's storage and log."""
+    health, why = tables.table_health(lake, table)
+    return CommitFailed(table, committed, error, health, why, lake)
+
+
+def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, run_id: str,
+               refused: list[EntryRejection] | None = None) -> dict[str, int]:
+    """Delete the files of rejected slides, then commit every table once, in ``COMMIT_ORDER``.
+
+    ``refused`` (entries discovery refused) become ``rejects`` rows too. Any failure from here on,
+    writing the driver's own rows included, raises ``CommitFailed``.
+    """
+    now = datetime.now(timezone.utc)
+    landed = [o for o in outcomes if o.error is None]
+    discard_rejected(lake, outcomes)
     landed_ids = {o.slide_id for o in landed}
     grouped = files_by_table(landed)
-    if landed:
-        slides = pa.Table.from_pylist([slide_row(o, options, run_id, now) for o in landed], schemas.SLIDES)
-        grouped["slides"] = tables.write_data_files(lake, "slides", slides, f"{run_id}-slides")
-    rejects = reject_rows(outcomes, run_id, now)
-    if rejects:
-        grouped["rejects"] = tables.write_data_files(lake, "rejects", pa.Table.from_pylist(rejects, schemas.REJECTS),
-                                                     f"{run_id}-rejects")
+    rows = {"slides": [slide_row(o, options, run_id, now) for o in landed],
+            "rejects": reject_rows(outcomes, run_id, now) + refused_rows(refused or [], run_id, now)}
     versions: dict[str, int] = {}
     new_genes = [o.plan.gene_rows for o in landed if o.plan.gene_rows is not None]
     for name in COMMIT_ORDER:
         try:
-            version = commit_table(lake, name, grouped.get(name, []), new_genes, landed_ids, run_id)
+            files = grouped.get(name, []) + driver_files(lake, name, rows.get(name, []), run_id)
+            version = commit_table(lake, name, files, new_genes, landed_ids, run_id)
         except Exception as error:
-            raise CommitFailed(name, versions, error) from error
+            raise commit_failure(lake, name, versions, error) from error
         if version is not None:
             versions[name] = version
     return versions
@@ -247,12 +302,35 @@ def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, 
 
 # ---------------------------------------------------------------- the job
 
-def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None) -> IngestReport:
-    """Run the whole ingest job; returns what landed, what was rejected and why."""
-    started, run_id = time.time(), run_id or tables.new_run_id()
+def check_lake(lake: str) -> None:
+    """``RunError`` when ``lake`` cannot hold a lake: a file, below a file, not writable, storage silent."""
+    problem = storage.folder_problem(lake)
+    if problem:
+        raise RunError(f"lake {storage.normalize(lake)} {problem}")
+
+
+def prepare_run(options: IngestOptions) -> Discovery:
+    """What a run checks before any Spark work: the lake path, then discovery; ``RunError`` when it cannot go on."""
+    check_lake(options.lake)
+    return find_slides(options.source, options.layouts)
+
+
+def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None,
+           found: Optional[Discovery] = None) -> IngestReport:
+    """Run the whole ingest job; returns what landed, what was rejected and why.
+
+    ``found`` is :func:`prepare_run`'s result when the caller already has it (the CLI checks a run
+    before it starts Spark). A source without any entry logs "no slides found" and lands nothing.
+    """
+    started = time.time()
+    run_id = tables.check_name("run id", run_id) if run_id else tables.new_run_id()
+    found = prepare_run(options) if found is None else found
+    if found.empty:
+        log.warning(no_slides_message(found.source))
     forward_storage_environment(spark)
-    refs = discover(options.source, options.layouts)
-    log.info("run %s: %d slide(s) found in %s", run_id, len(refs), options.source)
+    refs = found.refs
+    log.info("run %s: %d slide(s) found in %s, %d entr%s refused", run_id, len(refs), options.source,
+             len(found.rejected), "y" if len(found.rejected) == 1 else "ies")
     plans = plan_slides(spark, refs, options)
     results = run_units(spark, plans, options.lake, run_id)
     log.info("run %s: %d unit(s) of %d planned slide(s) done", run_id, len(results),
@@ -262,9 +340,10 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
         if outcome.error is not None:
             log.warning("slide %s rejected: %s (%s)", outcome.slide_id, outcome.error.reason,
                         outcome.error.detail.splitlines()[0] if outcome.error.detail else "")
-    versions = commit_run(options.lake, outcomes, options, run_id)
+    versions = commit_run(options.lake, outcomes, options, run_id, found.rejected)
     landed = [o for o in outcomes if o.error is None]
-    log.info("run %s: %d slide(s) landed, %d rejected", run_id, len(landed), len(outcomes) - len(landed))
+    log.info("run %s: %d slide(s) landed, %d rejected", run_id, len(landed),
+             len(outcomes) - len(landed) + len(found.rejected))
     rows: dict[str, int] = defaultdict(int)
     for data_file in (f for o in landed for r in o.results for f in r.files):
         rows[data_file.table] += data_file.num_records
@@ -273,7 +352,8 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
         unit_seconds[result.kind] += result.seconds
     return IngestReport(
         run_id=run_id, landed=sorted(o.slide_id for o in landed),
-        rejected={o.slide_id: o.error.reason for o in outcomes if o.error is not None},
+        rejected={**{entry.slide_id: entry.rejection.reason for entry in found.rejected},
+                  **{o.slide_id: o.error.reason for o in outcomes if o.error is not None}},
         rows=dict(rows), versions=versions,
         tasks={"plan": len(refs), "units": len(results)},
         peak_decoded_bytes={o.slide_id: max([r.peak_decoded_bytes for r in o.results] or [0]) for o in landed},

@@ -14,8 +14,9 @@ import numpy as np
 MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
 
 
-#: Where in the run a slide was judged: its reader and planner, its tile units or its expression units.
-Stage = Literal["read", "tiles", "expression"]
+#: Where in the run a slide was judged: discovery (its manifest entry or scanned folder), its reader and
+#: planner, its tile units or its expression units.
+Stage = Literal["discover", "read", "tiles", "expression"]
 #: ``error``: the slide does not land; ``warning``: it lands, and the row says what was off.
 Severity = Literal["error", "warning"]
 #: A reader's or planner's remark on a slide that still lands: (reason, detail).
@@ -30,6 +31,31 @@ class Rejection:
     reason: str  # a short code, e.g. image_unreadable
     detail: str  # a sentence saying what exactly was wrong and where
     severity: Severity = "error"
+
+
+@dataclass(frozen=True)
+class EntryRejection:
+    """A discovered entry (manifest row or scanned folder) refused before it is read: a ``discover`` reject.
+
+    ``slide_id`` is the entry's id as given (shortened when very long), or a placeholder such as
+    ``manifest:entry-3`` or ``scan:batch1/S1`` when it has none; ``source_uri`` says where the entry is.
+    """
+
+    slide_id: str
+    source_uri: Optional[str]
+    rejection: Rejection
+
+
+class RunError(Exception):
+    """A problem that stops the whole run before any slide is read; its message is one line.
+
+    The discovery source cannot be opened at all, or the lake path cannot hold a lake (e.g. it is a
+    file). Everything else is judged per entry or per slide. The CLI prints the message as is.
+    """
+
+
+class SourceNotFound(RunError, FileNotFoundError):
+    """The discovery source is neither a folder nor a manifest file."""
 
 
 class SlideError(Exception):

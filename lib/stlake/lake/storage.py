@@ -31,6 +31,13 @@ def normalize(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri)).rstrip("/") or "/"
 
 
+def bucket_uri(uri: str) -> str | None:
+    """``s3://bucket`` of an S3 URI; None for a local path."""
+    if not is_s3(uri):
+        return None
+    return "s3://" + normalize(uri).split("://", 1)[1].split("/", 1)[0]
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a local path or an S3 URI."""
     if is_s3(uri):
@@ -206,6 +213,35 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
     except FileNotFoundError:
         pass
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line reports."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def folder_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be (or become) a folder to write into; None when it can.
+
+    Local: the path, or the nearest part of it that exists, must be a writable folder (not a file).
+    ``s3://``: the store must answer (a missing prefix is fine: objects create it).
+    """
+    if is_s3(uri):
+        try:
+            exists(uri)
+        except OSError as error:
+            return f"storage does not answer ({describe_error(error)})"
+        return None
+    path = normalize(uri)
+    existing = path
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return "is a file, not a folder" if existing == path else f"is below {existing}, which is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else f"is below {existing}, which is not writable"
+    return None
 
 
 def delta_storage_options() -> dict[str, str]:

@@ -5,17 +5,23 @@ back ``DataFile`` records (path, size, statistics). The driver commits each tabl
 transaction with delta-rs; files of slides that are ingested again are removed in the same commit, so
 a repeated run replaces rows instead of duplicating them. A commit that loses a race with another
 writer is rebuilt from the new snapshot and retried.
+
+No user string shapes a path: data file names are ``part-<token>-<index>-<random>.zstd.parquet``
+(:func:`data_file_name`) where the token is a hash of the writer's tag (which may hold slide and run
+ids), and names that label rows (run ids, panel names) follow :data:`SAFE_NAME`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Optional, get_args, get_type_hints
+from typing import Any, Literal, Optional, get_args, get_type_hints
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +35,35 @@ from stlake.lake import schemas, storage
 MAX_COMMIT_ATTEMPTS = 20
 _STATS_TYPES = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp)
 _ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64()}  # DataFile field types
+#: Slide ids, run ids and panel names: a letter or digit, then up to 127 letters, digits, ``.``, ``_`` or ``-``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: Hex digits of a tag's hash in a data file name.
+TOKEN_LENGTH = 16
+#: What a table's storage and Delta log look like after a failed commit (see :func:`table_health`).
+TableHealth = Literal["readable", "unreachable", "log_unreadable"]
+
+
+def is_safe_name(name: str) -> bool:
+    """True when ``name`` follows :data:`SAFE_NAME` (so it could never be a path or a path part)."""
+    return SAFE_NAME.fullmatch(name) is not None
+
+
+def check_name(what: str, name: str) -> str:
+    """``name`` when it follows :data:`SAFE_NAME`; ``ValueError`` saying ``what`` it is otherwise."""
+    if not is_safe_name(name):
+        raise ValueError(f"invalid {what} {name[:80]!r}: use 1-128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def file_token(tag: str) -> str:
+    """A short hash of a writer's tag: what a data file name holds instead of the tag itself."""
+    return hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()[:TOKEN_LENGTH]
+
+
+def data_file_name(tag: str, index: int = 0) -> str:
+    """``part-<hash of tag>-<index>-<random>.zstd.parquet``: the files of one tag share the hash."""
+    return f"part-{file_token(tag)}-{index:03d}-{uuid.uuid4().hex[:12]}.zstd.parquet"
 
 
 @dataclass(frozen=True)
@@ -120,10 +155,13 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in schema if f.name != "tile"]
 
 
-def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str) -> DataFile:
-    """Write ``table`` as one Parquet file under the table folder; returns its uncommitted record."""
+def write_data_file(lake: str, table_name: str, table: pa.Table, tag: str, index: int = 0) -> DataFile:
+    """Write ``table`` as the ``index``-th Parquet file of ``tag`` in the table folder; its uncommitted record.
+
+    The file name holds a hash of ``tag`` (:func:`data_file_name`), never the tag: tags carry slide ids.
+    """
     table = table.cast(schemas.TABLES[table_name])
-    name = f"part-{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
+    name = data_file_name(tag, index)
     uri = storage.join(table_uri(lake, table_name), name)
     with storage.open_output(uri) as sink:
         pq.write_table(table, sink, compression="zstd", row_group_size=rows_per_group(table_name, table),
@@ -142,7 +180,7 @@ def write_data_files(lake: str, table_name: str, table: pa.Table, tag: str) -> l
     written: list[DataFile] = []
     try:
         for start in range(0, table.num_rows, step):
-            written.append(write_data_file(lake, table_name, table.slice(start, step), f"{tag}-{start // step:03d}"))
+            written.append(write_data_file(lake, table_name, table.slice(start, step), tag, start // step))
     except BaseException:
         discard(lake, written)  # no orphan: a failed write leaves none of its files behind
         raise
@@ -272,6 +310,8 @@ def _with_retries(table_name: str, attempt_commit: Callable[[int], int]) -> int:
 
 def _properties(run_id: str, operation: str) -> CommitProperties:
     """Commit metadata naming the run and the operation; delta-rs does not retry (we do)."""
+    if run_id:
+        check_name("run id", run_id)
     return CommitProperties(custom_metadata={"stlake.run_id": run_id, "stlake.operation": operation},
                             max_commit_retries=0)
 
@@ -326,6 +366,24 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
             raise
 
     return _with_retries(table_name, attempt_commit)
+
+
+def table_health(lake: str, table_name: str) -> tuple[TableHealth, str]:
+    """After a failed commit: does the table's storage answer, and can its Delta log be read? And why not.
+
+    ``unreachable``: listing the table's ``_delta_log`` fails (storage down, bucket gone, no access);
+    ``log_unreadable``: storage answers but the snapshot cannot be built (e.g. a corrupt commit file),
+    which a re-run does not repair; ``readable``: both work now (the failure was transient).
+    """
+    try:
+        storage.list_dir(storage.join(table_uri(lake, table_name), "_delta_log"))
+    except OSError as error:
+        return "unreachable", storage.describe_error(error)
+    try:
+        open_table(lake, table_name)
+    except Exception as error:  # delta-rs raises its own error types for an unreadable log
+        return "log_unreadable", storage.describe_error(error)
+    return "readable", ""
 
 
 def new_run_id(kind: str = "") -> str:
