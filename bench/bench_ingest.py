@@ -68,7 +68,7 @@ TARGETS = {"tiler_vs_naive": 5.0, "tiler_vs_codec": 0.7, "pairs_per_s_per_core":
 INFO_KEYS = ("size", "root", "slide_dir", "image", "image_width", "image_height", "spots", "n_spots", "n_positions",
              "n_genes", "tile_px", "spot_diameter_px", "image_bytes", "release_csv", "release_png", "generate_s",
              "prepare_s")
-STAGES = ("discover", "plan_slides", "run_units", "judge", "commit_run")  # ingest() looks them up at call time
+STAGES = ("prepare_run", "plan_slides", "run_units", "judge", "commit_run")  # ingest() looks them up at call time
 
 
 # ---------------------------------------------------------------- small helpers

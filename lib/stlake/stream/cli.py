@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from stlake.stream.spec import DEFAULT_PANEL, IMAGE_DTYPES, NORMALIZE_MODES, StreamSpec
@@ -92,8 +93,12 @@ def cmd_hvg(args: argparse.Namespace) -> int:
     """``stlake hvg``: compute and store an HVG panel with Spark; print its top genes."""
     from stlake.derived.hvg import compute_hvg
     from stlake.spark import spark_session
-    rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
-                       min_spots=args.min_spots)
+    try:
+        rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
+                           min_spots=args.min_spots)
+    except ValueError as error:  # a bad --name or run id: one line, no traceback
+        print(f"stlake hvg: {error}", file=sys.stderr)
+        return 3
     name = args.name or f"hvg{args.k}"
     print(f"{name}: {rows.num_rows} genes")
     for row in rows.slice(0, 10).to_pylist():
