@@ -49,3 +49,38 @@ def test_st_explicit_paths_plain_tsv_and_duplicates(tmp_path):
     with pytest.raises(SlideError) as error:
         st.read(SlideRef("s2", "st", "ST", dict(paths, spot_detector=str(tmp_path / "none.tsv"))))
     assert error.value.reason == "coords_unreadable" and "none.tsv" in error.value.detail
+
+
+def rewrite_detector(folder, name: str, change) -> None:
+    """Rewrite the fixture's spot detector after ``change`` edits its rows (lists of fields)."""
+    path = folder / f"{name}_spot_detector.tsv"
+    header, *rows = [line.split("\t") for line in path.read_text().splitlines()]
+    for row in rows:
+        change(row)
+    write(path, "\n".join("\t".join(row) for row in [header, *rows]) + "\n")
+
+
+def test_st_spots_at_one_pixel_are_implausible(tmp_path):
+    folder = make_st(tmp_path / "slide3", name="s3")
+
+    def one_pixel(row: list[str]) -> None:
+        row[4], row[5] = "1600.0", "1850.0"
+
+    rewrite_detector(folder, "s3", one_pixel)
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("s3", "st", "ST", {"root": str(folder)}))
+    assert error.value.reason == "implausible_geometry" and "s3_spot_detector.tsv" in error.value.detail
+    assert "0.00 px" in error.value.detail
+
+
+def test_st_pixel_values_as_text_are_unreadable_and_not_quoted(tmp_path):
+    folder = make_st(tmp_path / "slide4", name="s4")
+
+    def text(row: list[str]) -> None:
+        row[4] = "SECRET-4242" if row[0] == "11" else row[4]
+
+    rewrite_detector(folder, "s4", text)
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("s4", "st", "ST", {"root": str(folder)}))
+    assert error.value.reason == "coords_unreadable" and "column 'pixel_x'" in error.value.detail
+    assert "data row 2" in error.value.detail and "SECRET" not in error.value.detail

@@ -75,3 +75,48 @@ def test_stimage_image_missing(tmp_path):
     with pytest.raises(SlideError) as error:
         read_slide(SlideRef("slideA", "stimage", "Visium", {"root": str(root)}))
     assert error.value.reason == "image_missing" and "slideA.png" in error.value.detail
+
+
+@pytest.mark.parametrize("radius,reason,phrase", [
+    ("0", "implausible_geometry", "3 spot radius value(s) in column 'r'"),
+    ("-10", "implausible_geometry", "zero or negative, the first in data row 1"),
+    ("SECRET-4242", "coords_unreadable", "non-numeric or missing value(s) in column 'r'"),
+])
+def test_stimage_radius_must_be_a_positive_number(tmp_path, radius, reason, phrase):
+    root = make_stimage(tmp_path / "release")
+    rows = "".join(f"{s},{100 + 10 * i},{200 + 20 * i},{radius}\n" for i, s in enumerate(["A-1", "B-1", "C-1"]))
+    write(root / "Visium" / "coord" / "slideA_coord.csv", ",yaxis,xaxis,r\n" + rows)
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("slideA", "stimage", "Visium", {"root": str(root)}))
+    assert error.value.reason == reason and phrase in error.value.detail and "slideA_coord.csv" in error.value.detail
+    assert "SECRET" not in error.value.detail
+
+
+def test_stimage_missing_value_names_its_row(tmp_path):
+    root = make_stimage(tmp_path / "release")
+    write(root / "Visium" / "coord" / "slideA_coord.csv", ",yaxis,xaxis,r\nA-1,1,2,3\nB-1,1,,3\n")
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("slideA", "stimage", "Visium", {"root": str(root)}))
+    assert "column 'xaxis'" in error.value.detail and "data row 2" in error.value.detail
+
+
+def test_stimage_unreadable_annotation_warning_quotes_nothing(tmp_path):
+    root = make_stimage(tmp_path / "release")
+    write(root / "annotation" / "slideA_anno.csv", b"\tV2\nAAAC-1\t\xffSECRET-4242\n")
+    record = read_slide(SlideRef("slideA", "stimage", "Visium", {"root": str(root)}))
+    [(reason, detail)] = [w for w in record.warnings if w[0] == "annotation_unreadable"]
+    assert "slideA_anno.csv" in detail and "UnicodeDecodeError" in detail and "SECRET" not in detail
+
+
+def test_an_unforeseen_value_error_in_a_reader_is_a_named_rejection(tmp_path, monkeypatch):
+    """Readers name what is wrong; a value error they did not foresee is still no internal error."""
+    root = make_stimage(tmp_path / "release")
+
+    def broken(path):
+        raise ValueError("could not convert string to float: 'SECRET-4242' at line 7")
+
+    monkeypatch.setattr(stimage, "_coords", broken)
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("slideA", "stimage", "Visium", {"root": str(root)}))
+    assert error.value.reason == "input_unreadable" and "ValueError at line 7" in error.value.detail
+    assert "slideA" in error.value.detail and "SECRET" not in error.value.detail

@@ -1,10 +1,12 @@
 """The visium reader (Space Ranger Visium) on tiny inline fixtures (see readerdata.py)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from readerdata import POSITIONS, make_visium, write
+from readerdata import POSITIONS, SCALEFACTORS, make_visium, write
 from stlake.ingestion.readers import (
     ReaderOptions,
     read_slide,
@@ -84,3 +86,61 @@ def test_visium_garbled_scalefactors(tmp_path):
     with pytest.raises(SlideError) as error:
         read_slide(SlideRef("V6", "visium", "Visium", {"root": str(folder)}))
     assert error.value.reason == "coords_unreadable" and "scalefactors_json.json" in error.value.detail
+
+
+@pytest.mark.parametrize("key,value,reason,phrase", [
+    ("spot_diameter_fullres", 0, "implausible_geometry", "is 0: it must be a positive number"),
+    ("spot_diameter_fullres", -110.0, "implausible_geometry", "is -110"),
+    ("spot_diameter_fullres", "SECRET-4242", "coords_unreadable", "is text, not a number"),
+    ("spot_diameter_fullres", True, "coords_unreadable", "is true/false, not a number"),
+    ("spot_diameter_fullres", None, "coords_unreadable", "has no 'spot_diameter_fullres'"),
+    ("tissue_hires_scalef", 0, "implausible_geometry", "'tissue_hires_scalef'"),
+    ("tissue_hires_scalef", [0.25], "coords_unreadable", "is a list, not a number"),
+])
+def test_visium_scale_factors_must_be_positive_numbers(tmp_path, key, value, reason, phrase):
+    folder = make_visium(tmp_path / "V6", fullres=False)
+    path = folder / "spatial" / "scalefactors_json.json"
+    write(path, json.dumps({**SCALEFACTORS, key: value}))
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("V6", "visium", "Visium", {"root": str(folder)}))
+    assert error.value.reason == reason and phrase in error.value.detail and str(path) in error.value.detail
+    assert "SECRET" not in error.value.detail
+
+
+def test_visium_positions_with_an_extra_column_say_so(tmp_path):
+    """Columns that shifted are named as such, not as the duplicate ids they would otherwise produce."""
+    extra = [(*row, "SECRET-4242") for row in POSITIONS]
+    folder = make_visium(tmp_path / "V7", positions=extra)
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("V7", "visium", "Visium", {"root": str(folder)}))
+    assert error.value.reason == "coords_unreadable"
+    assert "have 7 fields, expected the 6 columns barcode" in error.value.detail
+    assert "tissue_positions_list.csv" in error.value.detail and "SECRET" not in error.value.detail
+
+
+def test_visium_positions_header_and_rows_disagree(tmp_path):
+    folder = make_visium(tmp_path / "V8", header=True)
+    path = folder / "spatial" / "tissue_positions.csv"
+    lines = path.read_text().splitlines()
+    write(path, "\n".join(lines[:2] + [lines[2] + ",SECRET-4242"] + lines[3:]) + "\n")
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("V8", "visium", "Visium", {"root": str(folder)}))
+    assert error.value.reason == "coords_unreadable" and "SECRET" not in error.value.detail
+    assert "expected 6 fields, found 7 at line 3" in error.value.detail
+    write(path, "\n".join([lines[0] + ",extra"] + [line + ",SECRET-4242" for line in lines[1:]]) + "\n")
+    record = read_slide(SlideRef("V8", "visium", "Visium", {"root": str(folder)}))  # a named extra column is fine
+    assert list(record.spots.spot_id) == ["AAAC-1", "AAAT-1", "AACC-1"]
+    write(path, "\n".join([lines[0]] + [line + ",SECRET-4242" for line in lines[1:]]) + "\n")
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("V8", "visium", "Visium", {"root": str(folder)}))
+    assert "have 7 fields, its header names 6" in error.value.detail
+
+
+def test_visium_garbled_positions_are_described_not_quoted(tmp_path):
+    folder = make_visium(tmp_path / "V9")
+    path = folder / "spatial" / "tissue_positions_list.csv"
+    write(path, b"AAAC-1,1,0,0,1000,2000\nSECRET-4242,\xff\xfe,0,0,1,2\n")
+    with pytest.raises(SlideError) as error:
+        read_slide(SlideRef("V9", "visium", "Visium", {"root": str(folder)}))
+    assert error.value.reason == "coords_unreadable" and "UnicodeDecodeError: not utf-8 text" in error.value.detail
+    assert "SECRET" not in error.value.detail and "\\x" not in error.value.detail

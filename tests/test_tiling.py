@@ -8,6 +8,7 @@ import tifffile
 
 from imagedata import coord_image
 from stlake.ingestion import images, tiling
+from stlake.ingestion.records import SlideError
 from stlake.ingestion.tiling import TileSpec
 
 
@@ -198,3 +199,83 @@ def test_tile_spec_validation():
                 dict(size_px=10, quality=0), dict(size_px=10, resize_px=0)):
         with pytest.raises(ValueError):
             TileSpec(**bad)
+
+
+def test_tiles_carry_pixel_spread_of_their_image_part(tmp_path):
+    """pixel_std is measured on the tile's in-image pixels: white padding does not make a tile varied."""
+    image = np.full((200, 200, 3), 180, np.uint8)
+    image[:, 100:] = (200, 120, 230)
+    path = write(tmp_path / "s.png", image, "png")
+    with images.open_region_reader(path) as reader:
+        tiles, _ = tiling.cut_tiles(reader, np.array([50.0, 100.0, 2.0]), np.array([100.0, 100.0, 2.0]),
+                                    TileSpec(40, encoding="png"), 1 << 30)
+    flat, split, corner = tiles
+    assert flat.pixel_std == 0.0 and flat.uniform
+    assert split.pixel_std > 20 and not split.uniform
+    assert corner.padded and corner.pixel_std == 0.0 and corner.uniform  # grey, padded with white
+
+
+def test_tile_batches_stay_under_their_limit_and_add_up_to_cut_tiles(tmp_path):
+    image = cv2.GaussianBlur(coord_image(400, 600), (0, 0), 1)
+    path = write(tmp_path / "s.png", image, "png")
+    x, y = spots(400, 600, 120, seed=9)
+    spec = TileSpec(48, encoding="png")
+    with images.open_region_reader(path) as reader:
+        whole, _ = tiling.cut_tiles(reader, x, y, spec, 1 << 30)
+        limit = 5 * max(len(tile.data) for tile in whole)
+        memory = tiling.TileMemory()
+        batches, dropped = tiling.tile_batches(reader, x, y, spec, 1 << 30, limit, memory)
+        batches = list(batches)
+    assert len(batches) > 5 and len(dropped) == 0
+    assert all(sum(len(t.data) for t in batch) <= limit for batch in batches)
+    assert all([t.index for t in batch] == sorted(t.index for t in batch) for batch in batches)
+    joined = sorted((t for batch in batches for t in batch), key=lambda t: t.index)
+    assert [t.data for t in joined] == [t.data for t in whole]
+    assert memory.peak <= limit + tiling.tile_work_bytes(spec)
+
+
+def test_memory_budget_halves():
+    budget = (10 << 20) + 1
+    assert tiling.decode_budget(budget) + tiling.tile_budget(budget) == budget
+    spec = TileSpec(100, resize_px=224)
+    assert tiling.encoded_bound(spec) >= 224 * 224 * 3
+    assert tiling.tile_work_bytes(spec) >= 100 * 100 * 3 + 224 * 224 * 3
+    assert tiling.batch_bytes(spec, budget) * tiling.HELD_COPIES + tiling.tile_work_bytes(spec) \
+        <= tiling.tile_budget(budget)
+    assert tiling.batch_bytes(TileSpec(4000), 64 << 20) == 0
+    assert tiling.band_rows(10, 1000, 8 << 20) == (4 << 20) // 4 // 3000
+
+
+def test_check_tile_fits():
+    tiff = images.ImageInfo(20000, 20000, 3, "tiff", True)
+    png = images.ImageInfo(20000, 20000, 3, "png", False)
+    small_png = images.ImageInfo(1000, 1000, 3, "png", False)
+    tiling.check_tile_fits(TileSpec(200), tiff, 64 << 20)
+    tiling.check_tile_fits(TileSpec(200), small_png, 64 << 20)  # decoded whole: bands are views
+    with pytest.raises(SlideError) as error:  # a streamed band of 300 full-width rows is 18 MB
+        tiling.check_tile_fits(TileSpec(200), png, 64 << 20)
+    assert error.value.reason == "implausible_geometry" and "200 px tile" in error.value.detail
+    with pytest.raises(SlideError) as error:  # the issue's 12000 px tiles within 256M
+        tiling.check_tile_fits(TileSpec(12000), tiff, 256 << 20)
+    assert "256 MiB" in error.value.detail
+
+
+def test_streamed_png_with_large_tiles_holds_the_budget(tmp_path):
+    """Decoded band plus tile buffers and kept tiles within the budget (cf. test_giant_png_within_budget)."""
+    h, w = 1500, 2000
+    path = write(tmp_path / "big.png", coord_image(h, w), "png")
+    x, y = spots(h, w, 200, seed=4)
+    spec, budget = TileSpec(120, encoding="png"), 16 << 20
+    info = images.ImageInfo(w, h, 3, "png", False)
+    tiling.check_tile_fits(spec, info, budget)
+    memory = tiling.TileMemory()
+    with images.open_region_reader(path, tiling.decode_budget(budget)) as reader:
+        assert reader.streaming
+        batches, _ = tiling.tile_batches(reader, x, y, spec, budget, tiling.batch_bytes(spec, budget), memory)
+        count = 0
+        for batch in batches:
+            memory.writing()
+            count += len(batch)
+        assert reader.peak_decoded_bytes <= tiling.decode_budget(budget)
+    assert count == 200 and memory.peak <= tiling.tile_budget(budget)
+    assert reader.peak_decoded_bytes + memory.peak <= budget

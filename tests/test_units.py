@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stlake.ingestion import matrices, plan, tiling, units
 from stlake.ingestion.images import ImageInfo
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers.common import make_spots
-from stlake.ingestion.records import ExpressionSource, SlideRecord, SlideRef
+from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 from stlake.lake import genes
 
 
@@ -110,3 +111,95 @@ def test_a_multi_file_write_that_fails_partway_leaves_no_files(tmp_path, monkeyp
     result = units.run_unit(unit, str(lake), "broken")
     assert result.error is not None and "connection reset" in result.error.detail
     assert len(calls) == 2 and lake_files(lake) == []
+
+
+def textured_tile_unit(tmp_path, budget: int, n: int = 60, size: int = 64) -> plan.TileUnit:
+    """A tile unit of ``n`` spots on a noisy 300 x 400 PNG (PNG tiles: about their raw size)."""
+    import cv2
+
+    image = tmp_path / "noise.png"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    rng = np.random.default_rng(2)
+    spots = make_spots(np.array([f"s{i}" for i in range(n)], dtype=object), rng.uniform(0, 400, n),
+                       rng.uniform(0, 300, n))
+    return plan.TileUnit("slide", "Visium", str(image), spots, tiling.TileSpec(size_px=size, encoding="png"),
+                         budget, None, 0)
+
+
+def test_a_tile_unit_writes_batches_within_its_budget(tmp_path):
+    """Encoded tiles beyond the batch limit go to further files; the rows are those of one big batch."""
+    from stlake.lake import tables
+
+    budget = 4 << 20  # tile half 2 MiB: batches of ~0.5 MiB, 60 tiles of ~12 KiB = 0.7 MiB
+    tight = units.run_unit(textured_tile_unit(tmp_path, budget), str(tmp_path / "tight"), "run")
+    free = units.run_unit(textured_tile_unit(tmp_path, 1 << 30), str(tmp_path / "free"), "run")
+    assert tight.error is None and tight.rows == free.rows == 60
+    assert len(tight.files) > len(free.files) == 1
+    assert tight.peak_tile_bytes <= tiling.tile_budget(budget)
+    assert tight.peak_decoded_bytes <= tiling.decode_budget(budget)
+    rows = [tables.read_table(str(tmp_path / lake), "spots").sort_by("spot_id").drop(["run_id"])
+            for lake in ("tight", "free")]
+    assert rows[0].equals(rows[1])
+
+
+def test_a_tile_unit_counts_uniform_tiles(tmp_path):
+    result = units.run_tile_unit(labelled_tile_unit(tmp_path), str(tmp_path / "lake"), "run")  # a white PNG
+    assert result.rows == 3 and result.uniform_tiles == 3
+    textured = units.run_tile_unit(textured_tile_unit(tmp_path, 1 << 30), str(tmp_path / "lake2"), "run")
+    assert textured.uniform_tiles == 0
+
+
+def geometry_record(x: np.ndarray, y: np.ndarray, diameter: float) -> SlideRecord:
+    spots = make_spots(np.array([f"s{i}" for i in range(len(x))], dtype=object), x, y)
+    return SlideRecord(SlideRef("slide", "visium", "Visium", {}), "image.tif", spots, diameter,
+                       ExpressionSource("tenx_h5", "m.h5"))
+
+
+def grid(n: int, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+    gx, gy = np.meshgrid(np.arange(n) * pitch + 50, np.arange(n) * pitch + 50)
+    return gx.ravel().astype(float), gy.ravel().astype(float)
+
+
+@pytest.mark.parametrize("diameter,ok", [(55.0, True), (100.0, True), (290.0, True), (5.0, False), (400.0, False),
+                                         (0.5, False), (float("nan"), False), (600.0, False)])
+def test_check_geometry_diameter_against_spacing_and_image(diameter, ok):
+    x, y = grid(10, 100.0)
+    image = ImageInfo(2400, 2000, 3, "tiff", True)
+    record = geometry_record(x, y, diameter)
+    if ok:
+        plan.check_geometry(record, image)
+        return
+    with pytest.raises(SlideError) as error:
+        plan.check_geometry(record, image)
+    assert error.value.reason == "implausible_geometry" and "image.tif" in error.value.detail
+
+
+def test_check_geometry_stacked_spots_and_single_spot():
+    image = ImageInfo(1000, 1000, 3, "tiff", True)
+    with pytest.raises(SlideError) as error:
+        plan.check_geometry(geometry_record(np.full(20, 300.0), np.full(20, 300.0), 50.0), image)
+    assert "lie exactly on another spot" in error.value.detail
+    plan.check_geometry(geometry_record(np.array([300.0]), np.array([300.0]), 50.0), image)  # no spacing to check
+
+
+def test_spot_pitch_of_a_large_slide_is_measured_on_a_central_band(monkeypatch):
+    x, y = grid(60, 16.0)
+    whole = plan.spot_pitch(geometry_record(x, y, 16.0).spots)
+    monkeypatch.setattr(plan, "PITCH_SPOTS", 500)
+    assert whole == plan.spot_pitch(geometry_record(x, y, 16.0).spots) == pytest.approx(16.0)
+
+
+def test_uniform_tiles_warning_when_every_tile_is_uniform():
+    from stlake.ingestion import driver
+
+    record = geometry_record(*grid(3, 100.0), 55.0)
+    slide = plan.SlidePlan(record.ref, record, ImageInfo(500, 500, 3, "tiff", True), 55)
+
+    def warnings(uniform: list[int]) -> list[str]:
+        results = [units.UnitResult("slide", "tiles", rows=3, uniform_tiles=u) for u in uniform]
+        outcome = driver.SlideOutcome(slide, results)
+        driver.collect_warnings(outcome)
+        return [reason for reason, _ in outcome.warnings]
+
+    assert warnings([3, 3, 3]) == ["uniform_tiles"]
+    assert warnings([3, 2, 3]) == []

@@ -14,12 +14,22 @@ from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
+from scipy.spatial import cKDTree
 
 from stlake.ingestion import images, matrices, tiling
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import ReaderOptions, read_slide
 from stlake.ingestion.records import ExpressionSource, Rejection, Remark, SlideError, SlideRecord, SlideRef, Spots
 from stlake.lake import genes
+
+#: A spot diameter below this many pixels of the tiled image cannot be a spot (tiles of 1 px).
+MIN_SPOT_DIAMETER_PX = 1.0
+#: A spot diameter above this share of the image's shorter side cannot be a spot of a capture area.
+MAX_DIAMETER_SHARE = 0.25
+#: Plausible spot diameter / median nearest-neighbour spacing (Visium 0.55, ST 0.5, VisiumHD bins 1).
+DIAMETER_PITCH_RANGE = (0.1, 3.0)
+#: Spots whose spacing is measured on a large slide (a central run of columns holding this many).
+PITCH_SPOTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,50 @@ def check_coords_inside(spots: Spots, image: images.ImageInfo) -> None:
                          f"(x={spots.x[first]:.1f}, y={spots.y[first]:.1f})")
 
 
+def spot_pitch(spots: Spots) -> Optional[float]:
+    """Median distance from a spot to its nearest neighbour in pixels; None with fewer than two spots.
+
+    A large slide is measured on the ``PITCH_SPOTS`` spots of a central band of columns.
+    """
+    if len(spots) < 2:
+        return None
+    points = np.column_stack([spots.x, spots.y])
+    if len(points) > PITCH_SPOTS:
+        order = np.argsort(spots.x, kind="stable")
+        start = (len(order) - PITCH_SPOTS) // 2
+        points = points[order[start:start + PITCH_SPOTS]]
+    distance, _ = cKDTree(points).query(points, k=2)
+    return float(np.median(distance[:, 1]))
+
+
+def check_geometry(record: SlideRecord, image: images.ImageInfo) -> None:
+    """Raise ``implausible_geometry`` unless the spot diameter fits the image and the spots' spacing."""
+    diameter, size = record.spot_diameter_px, f"{image.width}x{image.height} image {record.image_uri}"
+    if not (math.isfinite(diameter) and diameter >= MIN_SPOT_DIAMETER_PX):
+        raise SlideError("implausible_geometry", f"the spot diameter is {diameter:.3g} px of the {size}, below "
+                                                 f"{MIN_SPOT_DIAMETER_PX:g} px")
+    if diameter > MAX_DIAMETER_SHARE * min(image.width, image.height):
+        raise SlideError("implausible_geometry", f"the spot diameter of {diameter:.0f} px is more than "
+                                                 f"{MAX_DIAMETER_SHARE:g} of the shorter side of the {size}")
+    pitch = spot_pitch(record.spots)
+    if pitch is None:
+        return
+    if pitch == 0:
+        raise SlideError("implausible_geometry", f"most of the {len(record.spots)} spots lie exactly on another "
+                                                 f"spot (median distance to the nearest spot: 0 px in the {size})")
+    low, high = DIAMETER_PITCH_RANGE
+    if not low <= diameter / pitch <= high:
+        raise SlideError("implausible_geometry", f"the spot diameter ({diameter:.3g} px) is {diameter / pitch:.3g} "
+                                                 f"times the median spot spacing ({pitch:.3g} px) in the {size}; "
+                                                 f"expected {low:g} to {high:g} times")
+
+
+def tile_spec(size: int, options: IngestOptions) -> tiling.TileSpec:
+    """How a slide's tiles of side ``size`` px are cut and encoded."""
+    return tiling.TileSpec(size_px=size, resize_px=options.resize_px, border=options.border,
+                           encoding=options.encoding, quality=options.quality)
+
+
 def tile_size(record: SlideRecord, options: IngestOptions) -> int:
     """Side of the cut square in image pixels: explicit px, else µm, else the spot diameter."""
     if options.tile_px:
@@ -98,8 +152,7 @@ def tile_size(record: SlideRecord, options: IngestOptions) -> int:
 
 def tile_units(record: SlideRecord, image: images.ImageInfo, size: int, options: IngestOptions) -> list[TileUnit]:
     """One unit per image region; random-access images split into bands, sequential codecs stay whole."""
-    spec = tiling.TileSpec(size_px=size, resize_px=options.resize_px, border=options.border,
-                           encoding=options.encoding, quality=options.quality)
+    spec = tile_spec(size, options)
     if image.random_access:
         groups = tiling.split_spots_into_regions(record.spots.y, size, image.width, image.height,
                                                  options.memory_budget, options.max_spots_per_task,
@@ -196,7 +249,9 @@ def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
             raise SlideError("no_spots", "the slide has no (in-tissue) spots")
         image = images.probe_image(record.image_uri)
         check_coords_inside(record.spots, image)
+        check_geometry(record, image)
         size = tile_size(record, options)
+        tiling.check_tile_fits(tile_spec(size, options), image, options.memory_budget)
         expr_units, gene_map = expression_units(record, options)
         result.record, result.image, result.tile_size_px = record, image, size
         result.gene_rows = gene_map.rows

@@ -7,13 +7,21 @@ white (255, i.e. background: no reflected tissue is invented; ``padded=True``) o
 (``border="drop"``; their indices are returned). The square may then be resized (``INTER_AREA`` when
 shrinking, ``INTER_LINEAR`` when enlarging) and is encoded as an ordinary JPEG or PNG file.
 
-Spots are processed sorted by row, in horizontal bands whose full-width BGR pixels stay within a
-quarter of the budget (at least one and a half tiles high); random-access (TIFF) readers decode
-only the band's column span. ``split_spots_into_regions`` uses the same bands to split a giant
-random-access slide into several tasks.
+Memory: a task's budget is split in two halves. Decoded pixels get one (``decode_budget``: the
+region reader is opened with it). Spots are processed sorted by row, in horizontal bands whose
+full-width BGR pixels stay within a quarter of that half (at least one and a half tiles high);
+random-access (TIFF) readers decode only the band's column span. ``split_spots_into_regions`` uses
+the same bands to split a giant random-access slide into several tasks. Tiles get the other half
+(``tile_budget``): the buffers of the tile being cut (``tile_work_bytes``) and the encoded tiles
+kept until they are written, which ``tile_batches`` hands out in batches of at most
+``batch_bytes``. ``check_tile_fits`` rejects a slide whose single tile cannot fit.
+
+Each tile also carries ``pixel_std``, the largest per-channel standard deviation of its in-image
+pixels: a slide whose tiles are all below ``UNIFORM_STD`` is blank or one colour.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, get_args
@@ -21,14 +29,20 @@ from typing import Optional, get_args
 import cv2
 import numpy as np
 
-from stlake.ingestion.images import RegionReader
+from stlake.ingestion.images import ImageInfo, RegionReader, decoded_bytes
 from stlake.ingestion.options import Border, TileEncoding
+from stlake.ingestion.records import SlideError
 
 BORDERS: tuple[Border, ...] = get_args(Border)
 ENCODINGS: tuple[TileEncoding, ...] = get_args(TileEncoding)
 PAD_VALUE = 255  # constant white padding
 NEAR_WHITE = 220  # a pixel whose three channels are all >= this is background, whatever its saturation
 PNG_COMPRESSION = 1  # fast; tiles are small
+#: A tile whose in-image pixels vary less than this (largest per-channel standard deviation) is uniform.
+UNIFORM_STD = 2.0
+#: Encoded tiles are held up to this many times while written: the list, the Arrow column, the Parquet buffer.
+HELD_COPIES = 3
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,85 @@ class Tile:
     y0: int
     padded: bool
     tissue_fraction: float
+    pixel_std: float = 0.0  # largest per-channel standard deviation of the in-image pixels
+
+    @property
+    def uniform(self) -> bool:
+        """The tile's image pixels are (near) one colour."""
+        return self.pixel_std < UNIFORM_STD
+
+
+# ---------------------------------------------------------------- memory budget of a tile task
+
+def decode_budget(budget_bytes: int) -> int:
+    """Bytes of decoded pixels a tile task may hold: half its budget (the region reader's budget)."""
+    return int(budget_bytes) // 2
+
+
+def tile_budget(budget_bytes: int) -> int:
+    """Bytes a tile task may hold in tile buffers and encoded tiles: the other half of its budget."""
+    return int(budget_bytes) - decode_budget(budget_bytes)
+
+
+def output_side(spec: TileSpec) -> int:
+    """Side of the encoded tile in pixels."""
+    return int(spec.resize_px or spec.size_px)
+
+
+def encoded_bound(spec: TileSpec) -> int:
+    """Most bytes one encoded tile takes (PNG or JPEG of noise: raw size plus a little)."""
+    return output_side(spec) ** 2 * 3 * 9 // 8 + 2048
+
+
+def tile_work_bytes(spec: TileSpec) -> int:
+    """Buffers alive while one tile is cut: its square, the tissue masks, the resized copy, the encoder's output."""
+    square = int(spec.size_px) ** 2 * 3
+    resized = output_side(spec) ** 2 * 3 if spec.resize_px else 0
+    return 4 * square + resized + 2 * encoded_bound(spec)
+
+
+def batch_bytes(spec: TileSpec, budget_bytes: int) -> int:
+    """Encoded bytes a task keeps before writing them, so that cutting and writing stay within the tile budget."""
+    return max(0, (tile_budget(budget_bytes) - tile_work_bytes(spec)) // HELD_COPIES)
+
+
+def min_band_bytes(spec: TileSpec, image: ImageInfo, budget_bytes: int) -> int:
+    """Decoded bytes of the smallest band a task reads: 1.5 tiles high, one tile (TIFF) or the image wide.
+
+    Zero for a PNG/JPEG decoded whole within the decode budget (bands are views of it).
+    """
+    if not image.random_access and decoded_bytes(image) <= decode_budget(budget_bytes):
+        return 0
+    width = min(int(spec.size_px), image.width) if image.random_access else image.width
+    return (int(spec.size_px) + int(spec.size_px) // 2) * width * 3
+
+
+def check_tile_fits(spec: TileSpec, image: ImageInfo, budget_bytes: int) -> None:
+    """Raise ``implausible_geometry`` when one tile alone does not fit the task's memory budget."""
+    band, work, kept = min_band_bytes(spec, image, budget_bytes), tile_work_bytes(spec), encoded_bound(spec)
+    if band > decode_budget(budget_bytes) // 4 or kept > batch_bytes(spec, budget_bytes):
+        raise SlideError("implausible_geometry",
+                         f"one {spec.size_px} px tile needs {(work + HELD_COPIES * kept) / MIB:.0f} MiB of tile "
+                         f"buffers and a {band / MIB:.0f} MiB image band, over the per-task memory budget of "
+                         f"{int(budget_bytes) / MIB:.0f} MiB (half for the image, half for tiles): the spot "
+                         "diameter or tile size is implausible for this budget")
+
+
+@dataclass
+class TileMemory:
+    """What a task holds in tile buffers: encoded tiles not yet written (``held``) and the most at once (``peak``)."""
+
+    held: int = 0
+    peak: int = 0
+
+    def cutting(self, work: int) -> None:
+        """A tile is being cut with ``work`` bytes of buffers on top of the held tiles."""
+        self.peak = max(self.peak, self.held + int(work))
+
+    def writing(self) -> None:
+        """The held tiles (a batch) are being written: copied into Arrow and Parquet buffers, then released."""
+        self.peak = max(self.peak, HELD_COPIES * self.held)
+        self.held = 0
 
 
 def tile_origin(c: np.ndarray, size_px: int) -> np.ndarray:
@@ -105,8 +198,8 @@ def tissue_fraction(tile_bgr: np.ndarray, saturation: int = 20, near_white: int 
 
 
 def band_rows(size_px: int, width: int, budget_bytes: int) -> int:
-    """Rows per band: a quarter of the budget of full-width BGR rows, at least 1.5 tiles."""
-    return max(int(budget_bytes) // 4 // max(1, int(width) * 3), int(size_px) + int(size_px) // 2)
+    """Rows per band: a quarter of the decode budget of full-width BGR rows, at least 1.5 tiles."""
+    return max(decode_budget(budget_bytes) // 4 // max(1, int(width) * 3), int(size_px) + int(size_px) // 2)
 
 
 def plan_bands(y: np.ndarray, size_px: int, width: int, height: int,
@@ -193,19 +286,28 @@ class _BandSource:
 
 
 def _cut(band: np.ndarray, r0: int, c0: int, x0: int, y0: int, size: int,
-         width: int, height: int) -> tuple[np.ndarray, bool]:
-    """The square at ``(x0, y0)`` from a band whose top-left pixel is ``(c0, r0)``; padded flag.
+         width: int, height: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The square at ``(x0, y0)`` from a band whose top-left pixel is ``(c0, r0)``, its in-image part, padded flag.
 
     Always a compact copy: fetching the scattered rows once makes the later passes cheaper.
     """
-    if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:
-        return np.ascontiguousarray(band[y0 - r0:y0 - r0 + size, x0 - c0:x0 - c0 + size]), False
-    tile = np.full((size, size, 3), PAD_VALUE, np.uint8)
     ya, yb = max(y0, 0), min(y0 + size, height)
     xa, xb = max(x0, 0), min(x0 + size, width)
+    if (ya, yb, xa, xb) == (y0, y0 + size, x0, x0 + size):
+        square = np.ascontiguousarray(band[y0 - r0:y0 - r0 + size, x0 - c0:x0 - c0 + size])
+        return square, square, False
+    tile = np.full((size, size, 3), PAD_VALUE, np.uint8)
     if yb > ya and xb > xa:
         tile[ya - y0:yb - y0, xa - x0:xb - x0] = band[ya - r0:yb - r0, xa - c0:xb - c0]
-    return tile, True
+    return tile, tile[ya - y0:max(yb - y0, 0), xa - x0:max(xb - x0, 0)], True
+
+
+def pixel_std(pixels: np.ndarray) -> float:
+    """Largest per-channel standard deviation of BGR ``pixels`` (0 when there are none)."""
+    if pixels.size == 0:
+        return 0.0
+    _, std = cv2.meanStdDev(pixels)
+    return float(std.max())
 
 
 def _encoder(spec: TileSpec) -> tuple[str, list[int]]:
@@ -228,22 +330,40 @@ def encode_tile(square: np.ndarray, spec: TileSpec) -> tuple[bytes, int, int]:
     return buf.tobytes(), square.shape[1], square.shape[0]
 
 
-def cut_tiles(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec,
-              budget_bytes: int) -> tuple[list[Tile], np.ndarray]:
-    """One tile per spot centre ``(x[i], y[i])`` (image pixels); returns (tiles by index, dropped indices).
-
-    With ``border="drop"`` spots whose square reaches past the image are not cut and are returned
-    as dropped; with ``"pad"`` nothing is dropped.
-    """
-    width, height, size = reader.info.width, reader.info.height, int(spec.size_px)
-    xs, ys = tile_origin(x, size), tile_origin(y, size)
+def _kept_spots(xs: np.ndarray, ys: np.ndarray, spec: TileSpec, width: int,
+                height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the spots to cut and of those dropped (``border="drop"``: squares reaching past the image)."""
+    size = int(spec.size_px)
     inside = (xs >= 0) & (ys >= 0) & (xs + size <= width) & (ys + size <= height)
-    keep = np.flatnonzero(inside) if spec.border == "drop" else np.arange(len(xs))
-    dropped = np.flatnonzero(~inside) if spec.border == "drop" else np.zeros(0, np.int64)
-    source = _BandSource(reader)
-    tiles: list[Tile] = []
-    for r0, r1, local in plan_bands(np.asarray(y, dtype=np.float64)[keep], size, width, height, budget_bytes):
-        index = keep[local]
+    if spec.border == "drop":
+        return np.flatnonzero(inside), np.flatnonzero(~inside).astype(np.int64)
+    return np.arange(len(xs)), np.zeros(0, np.int64)
+
+
+def tile_batches(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec, budget_bytes: int,
+                 limit_bytes: Optional[int] = None,
+                 memory: Optional[TileMemory] = None) -> tuple[Iterator[list[Tile]], np.ndarray]:
+    """Tiles of the spots ``(x[i], y[i])`` in batches of at most ``limit_bytes`` encoded bytes; dropped indices.
+
+    Each batch is sorted by index; without a limit there is one batch. ``memory`` (if given) counts
+    the encoded tiles of the current batch and the buffers of the tile being cut.
+    """
+    width, height = reader.info.width, reader.info.height
+    xs, ys = tile_origin(x, int(spec.size_px)), tile_origin(y, int(spec.size_px))
+    keep, dropped = _kept_spots(xs, ys, spec, width, height)
+    bands = [(r0, r1, keep[local]) for r0, r1, local in
+             plan_bands(np.asarray(y, dtype=np.float64)[keep], int(spec.size_px), width, height, budget_bytes)]
+    return _batches(reader, xs, ys, bands, spec, limit_bytes, memory or TileMemory()), dropped
+
+
+def _batches(reader: RegionReader, xs: np.ndarray, ys: np.ndarray, bands: list[tuple[int, int, np.ndarray]],
+             spec: TileSpec, limit_bytes: Optional[int], memory: TileMemory) -> Iterator[list[Tile]]:
+    """Cut band by band (rows ``r0..r1``, spot indices), yielding a batch when the next tile would overfill it."""
+    width, height, size = reader.info.width, reader.info.height, int(spec.size_px)
+    source, work = _BandSource(reader), tile_work_bytes(spec)
+    batch: list[Tile] = []
+    held = 0
+    for r0, r1, index in bands:
         c0 = int(np.clip(xs[index].min(), 0, width))
         c1 = int(np.clip((xs[index] + size).max(), c0, width))
         squares = np.stack([ys[index], ys[index] + size, xs[index], xs[index] + size], axis=1)
@@ -251,9 +371,28 @@ def cut_tiles(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec
         if not reader.info.random_access:
             c0 = 0
         for i, x0, y0 in zip(index.tolist(), xs[index].tolist(), ys[index].tolist()):
-            square, padded = _cut(band, r0, c0, x0, y0, size, width, height)
+            memory.cutting(work)
+            square, pixels, padded = _cut(band, r0, c0, x0, y0, size, width, height)
             fraction = tissue_fraction(square, spec.tissue_saturation)
             data, w, h = encode_tile(square, spec)
-            tiles.append(Tile(i, data, w, h, x0, y0, padded, fraction))
+            if limit_bytes is not None and batch and held + len(data) > limit_bytes:
+                yield sorted(batch, key=lambda tile: tile.index)
+                batch, held = [], 0
+            batch.append(Tile(i, data, w, h, x0, y0, padded, fraction, pixel_std(pixels)))
+            held += len(data)
+            memory.held = held
+    if batch:
+        yield sorted(batch, key=lambda tile: tile.index)
+
+
+def cut_tiles(reader: RegionReader, x: np.ndarray, y: np.ndarray, spec: TileSpec,
+              budget_bytes: int) -> tuple[list[Tile], np.ndarray]:
+    """One tile per spot centre ``(x[i], y[i])`` (image pixels); returns (tiles by index, dropped indices).
+
+    With ``border="drop"`` spots whose square reaches past the image are not cut and are returned
+    as dropped; with ``"pad"`` nothing is dropped. All tiles are kept in memory (see ``tile_batches``).
+    """
+    batches, dropped = tile_batches(reader, x, y, spec, budget_bytes)
+    tiles = [tile for batch in batches for tile in batch]
     tiles.sort(key=lambda tile: tile.index)
-    return tiles, dropped.astype(np.int64)
+    return tiles, dropped

@@ -32,7 +32,9 @@ class UnitResult:
     error: Optional[Rejection] = None
     dropped_spots: list[str] = field(default_factory=list)  # tiles: border spots dropped
     padded_spots: int = 0
+    uniform_tiles: int = 0  # tiles: tiles whose image pixels are (near) one colour (``tiling.UNIFORM_STD``)
     peak_decoded_bytes: int = 0
+    peak_tile_bytes: int = 0  # tiles: most bytes held in tile buffers and encoded tiles at once
     spot_ids: Optional[np.ndarray] = None  # expression: spots that got a row
     unknown_rows: int = 0  # expression: rows whose spot is not among the slide's spots
     detected_gene_ids: Optional[np.ndarray] = None
@@ -83,17 +85,31 @@ def annotation_rows(unit: TileUnit, run_id: str) -> pa.Table:
 
 def run_tile_unit(unit: TileUnit, lake: str, run_id: str,
                   written: Optional[WrittenFiles] = None) -> UnitResult:
-    """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows."""
+    """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows.
+
+    Within the unit's budget: the image reader gets ``tiling.decode_budget``, and encoded tiles are
+    written in batches of at most ``tiling.batch_bytes`` (one ``spots`` file each), so neither the tile
+    buffers nor the encoded output grow with the number of spots.
+    """
     written = WrittenFiles() if written is None else written
-    with images.open_region_reader(unit.image_uri, unit.budget) as reader:
-        tiles, dropped = tiling.cut_tiles(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget)
-        peak = reader.peak_decoded_bytes
-    tag = _tag(unit, run_id)
-    files = written.write(lake, "spots", spot_rows(unit, tiles, run_id), tag)
-    files += written.write(lake, "annotations", annotation_rows(unit, run_id), tag)
-    return UnitResult(unit.slide_id, "tiles", files, rows=len(tiles),
-                      dropped_spots=[str(s) for s in unit.spots.spot_id[np.asarray(dropped, dtype=np.int64)]],
-                      padded_spots=sum(tile.padded for tile in tiles), peak_decoded_bytes=peak)
+    tag, memory = _tag(unit, run_id), tiling.TileMemory()
+    result = UnitResult(unit.slide_id, "tiles")
+    with images.open_region_reader(unit.image_uri, tiling.decode_budget(unit.budget)) as reader:
+        batches, dropped = tiling.tile_batches(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget,
+                                               tiling.batch_bytes(unit.spec, unit.budget), memory)
+        for number, tiles in enumerate(batches):
+            memory.writing()
+            result.files += written.write(lake, "spots", spot_rows(unit, tiles, run_id),
+                                          tag if number == 0 else f"{tag}-b{number:04d}")
+            result.rows += len(tiles)
+            result.padded_spots += sum(tile.padded for tile in tiles)
+            result.uniform_tiles += sum(tile.uniform for tile in tiles)
+            del tiles  # written: not held while the next batch is cut
+        result.peak_decoded_bytes = reader.peak_decoded_bytes
+    result.files += written.write(lake, "annotations", annotation_rows(unit, run_id), tag)
+    result.dropped_spots = [str(s) for s in unit.spots.spot_id[np.asarray(dropped, dtype=np.int64)]]
+    result.peak_tile_bytes = memory.peak
+    return result
 
 
 def expression_rows(unit: ExprUnit, batch: matrices.SparseBatch, keep: np.ndarray, columns: genes.GlobalColumns,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 from stlake.ingestion.readers import st, stimage, visium, visiumhd
-from stlake.ingestion.readers.common import ReaderOptions
+from stlake.ingestion.readers.common import ReaderOptions, error_summary
 from stlake.ingestion.readers.layout import Layout
-from stlake.ingestion.records import SlideRecord, SlideRef
+from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
 
 #: The registry: layout name -> its declaration. An STimage release is recognised before the
 #: Space Ranger folders it could contain.
@@ -24,6 +24,9 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     visiumhd.LAYOUT,
     st.LAYOUT,
 )}
+
+#: What a reader raises on values it cannot use; other exceptions (AttributeError, NameError...) are bugs.
+INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, UnicodeError)
 
 __all__ = ["LAYOUTS", "Layout", "ReaderOptions", "get_layout", "layout_names", "read_slide", "roles",
            "technologies"]
@@ -53,9 +56,20 @@ def get_layout(name: str) -> Layout:
 
 
 def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
-    """Read one slide with the reader of its layout; bad input raises ``SlideError``."""
+    """Read one slide with the reader of its layout; bad input raises ``SlideError``.
+
+    Readers name what is wrong themselves; a value error they did not foresee still becomes
+    ``SlideError('input_unreadable')`` naming the slide's files, never an internal error.
+    """
     try:
         layout = get_layout(ref.layout)
     except ValueError as error:
         raise ValueError(f"slide {ref.slide_id}: {error}") from None
-    return layout.read(ref, options or ReaderOptions())
+    try:
+        return layout.read(ref, options or ReaderOptions())
+    except SlideError:
+        raise
+    except INPUT_ERRORS as error:
+        files = ", ".join(f"{role} {path}" for role, path in ref.paths.items())
+        raise SlideError("input_unreadable", f"the {ref.layout} reader could not use the files of slide "
+                                             f"{ref.slide_id} ({error_summary(error)}): {files}") from error

@@ -6,6 +6,7 @@ Readers never decode images and never read expression matrices (see :mod:`stlake
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
@@ -24,6 +25,11 @@ FULLRES_EXTENSIONS = (".tif", ".tiff", ".btf", ".jpg", ".jpeg")
 FULLRES_PREFERRED = "image.tif"
 #: Spot ids shown in error / warning details.
 SHOW_IDS = 5
+#: "line 3", "column 2", "position 10" in a parser's message: where the problem is.
+POSITION_PHRASE = re.compile(r"\b(line|row|column|col|char|position|offset|byte)s?\s+(\d+)\b", re.IGNORECASE)
+#: "Expected 6 fields in line 3, saw 7" (pandas) / "Expected 6 columns, got 7" (Arrow): what is wrong.
+FIELD_COUNT_PHRASE = re.compile(r"\bexpected\s+(\d+)\s+(fields|columns)\b.*?\b(?:saw|got)\s+(\d+)\b",
+                                re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,26 @@ class ReaderOptions:
 
 # ---------------------------------------------------------------- reading small files
 
+def error_summary(error: BaseException) -> str:
+    """A parser error as its type and where it happened (line, column, byte), never the text it quotes.
+
+    Parser messages may quote the offending line or value (Arrow's CSV reader, ``float('...')``); a
+    ``rejects`` detail must not carry file content, so only counts and positions are kept.
+    """
+    message = str(error)
+    what = [f"expected {m[1]} {m[2].lower()}, found {m[3]}" for m in FIELD_COUNT_PHRASE.finditer(message)][:1]
+    if isinstance(error, UnicodeDecodeError):
+        what.append(f"not {error.encoding} text")
+    where = list(dict.fromkeys(f"{m[1].lower()} {m[2]}" for m in POSITION_PHRASE.finditer(message)))
+    summary = type(error).__name__ + (f": {'; '.join(what)}" if what else "")
+    return summary + (f" at {', '.join(where)}" if where else "")
+
+
 def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_unreadable") -> T:
-    """Run ``read``; a missing or garbled file becomes ``SlideError(reason)`` naming ``path``."""
+    """Run ``read``; a missing or garbled file becomes ``SlideError(reason)`` naming ``path``.
+
+    The detail keeps the parser's error type and position (:func:`error_summary`), not its message.
+    """
     if not storage.exists(path):
         raise SlideError(reason, f"{what} not found: {path}")
     try:
@@ -51,7 +75,7 @@ def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_u
     except SlideError:
         raise
     except Exception as error:  # any parse failure of a small input file means the file is unusable
-        raise SlideError(reason, f"{what} unreadable: {path} ({type(error).__name__}: {error})") from error
+        raise SlideError(reason, f"{what} unreadable: {path} ({error_summary(error)})") from error
 
 
 def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
@@ -95,8 +119,9 @@ def check_unique(ids: np.ndarray, path: str) -> None:
     duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
     if duplicated.any():
         names = list(dict.fromkeys(ids[duplicated].tolist()))
+        rows = np.flatnonzero(ids == names[0])[:2] + 1
         raise SlideError("duplicate_spot_ids", f"{len(names)} spot id(s) occur more than once in {path}, "
-                                               f"e.g. {preview(names)}")
+                                               f"e.g. {preview(names)} (first in data rows {rows[0]} and {rows[1]})")
 
 
 def as_float(values: Any, path: str, column: str) -> np.ndarray:
@@ -105,8 +130,22 @@ def as_float(values: Any, path: str, column: str) -> np.ndarray:
     bad = ~np.isfinite(numbers)
     if bad.any():
         raise SlideError("coords_unreadable", f"{int(bad.sum())} non-numeric or missing value(s) in column "
-                                              f"'{column}' of {path}")
+                                              f"'{column}' of {path}, the first in data row {first_row(bad)}")
     return numbers
+
+
+def require_positive(values: np.ndarray, path: str, column: str, what: str) -> None:
+    """Raise ``implausible_geometry`` when a ``what`` (a radius, a size) in ``column`` is zero or negative."""
+    bad = ~(values > 0)
+    if bad.any():
+        raise SlideError("implausible_geometry", f"{int(bad.sum())} {what} value(s) in column '{column}' of {path} "
+                                                 f"are zero or negative, the first in data row {first_row(bad)}: "
+                                                 f"a {what} must be positive")
+
+
+def first_row(mask: np.ndarray) -> int:
+    """The 1-based data row (header not counted) of the first True in ``mask``."""
+    return int(np.flatnonzero(mask)[0]) + 1
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], path: str) -> None:

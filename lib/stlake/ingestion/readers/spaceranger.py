@@ -7,8 +7,9 @@ and optionally a user-supplied full-resolution image. The vendor's file names an
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -96,14 +97,34 @@ def read_scalefactors(path: Optional[str]) -> dict:
     return guarded(path, "scalefactors file", lambda: read_json(path))
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in words (for details that must not quote it)."""
+    kinds = {bool: "true/false", str: "text", list: "a list", dict: "an object"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def optional_factor(scalefactors: dict, key: str, path: str) -> Optional[float]:
+    """A positive number from the scalefactors JSON; None when ``key`` is absent or null.
+
+    A value that is not a JSON number is ``coords_unreadable``; zero, negative or infinite is
+    ``implausible_geometry`` (a size or scale of zero makes 1x1 px tiles or divides by zero).
+    """
+    value = scalefactors.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SlideError("coords_unreadable", f"'{key}' in {path} is {json_kind(value)}, not a number")
+    if not math.isfinite(value) or value <= 0:
+        raise SlideError("implausible_geometry", f"'{key}' in {path} is {float(value):g}: it must be a positive "
+                                                 "number")
+    return float(value)
+
+
 def scale_factor(scalefactors: dict, key: str, path: str) -> float:
-    """A positive number from the scalefactors JSON."""
-    try:
-        value = float(scalefactors[key])
-    except (KeyError, TypeError, ValueError):
-        raise SlideError("coords_unreadable", f"{path} has no usable '{key}'") from None
-    if not np.isfinite(value) or value <= 0:
-        raise SlideError("coords_unreadable", f"{path} has a non-positive '{key}' ({value})")
+    """A positive number from the scalefactors JSON; missing is ``coords_unreadable`` (see ``optional_factor``)."""
+    value = optional_factor(scalefactors, key, path)
+    if value is None:
+        raise SlideError("coords_unreadable", f"{path} has no '{key}'")
     return value
 
 
@@ -158,12 +179,27 @@ def scaled(spots: Spots, scale: float) -> Spots:
     return dataclasses.replace(spots, x=spots.x * scale, y=spots.y * scale)
 
 
+def header_names(path: str) -> Optional[list[str]]:
+    """The column names of a positions CSV whose first line is a header (starts with ``barcode``), else None."""
+    names = [name.strip().strip('"') for name in first_line(path).split(",")]
+    return names if names[0] == "barcode" else None
+
+
 def read_positions_csv(path: str) -> pd.DataFrame:
-    """``tissue_positions.csv`` (header) or ``tissue_positions_list.csv`` (no header) as a frame."""
+    """``tissue_positions.csv`` (header) or ``tissue_positions_list.csv`` (no header) as a frame.
+
+    Every row must have one field per column (the header's, else the six Space Ranger columns): an
+    extra or missing field would shift the columns, so it is ``coords_unreadable`` naming the line.
+    """
     def parse() -> pd.DataFrame:
-        header = first_line(path).split(",")[0].strip().strip('"') == "barcode"
-        frame = read_csv(path, header=0 if header else None, names=None if header else list(POSITION_COLUMNS),
-                         dtype={"barcode": str})
+        names = header_names(path)
+        frame = read_csv(path, header=None, skiprows=1 if names else 0, index_col=False, dtype={0: str})
+        expected = names or list(POSITION_COLUMNS)
+        if frame.shape[1] != len(expected):
+            wanted = f"its header names {len(expected)}" if names else \
+                f"expected the {len(expected)} columns {', '.join(expected)}"
+            raise SlideError("coords_unreadable", f"the rows of {path} have {frame.shape[1]} fields, {wanted}")
+        frame.columns = pd.Index(expected)
         return frame
     frame = guarded(path, "tissue positions file", parse)
     require_columns(frame, POSITION_COLUMNS, path)

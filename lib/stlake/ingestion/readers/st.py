@@ -33,6 +33,8 @@ from stlake.lake import storage
 DETECTOR_COLUMNS = ("x", "y", "new_x", "new_y", "pixel_x", "pixel_y")
 SPOT_DIAMETER_UM = 100.0
 SPOT_PITCH_UM = 200.0
+#: A fitted spacing at or below this many pixels per array unit means the pixel columns do not follow the array.
+MIN_PITCH_PX = 1e-6
 SPOT_NAME = re.compile(r"^\s*(-?\d+(?:\.\d+)?)x(-?\d+(?:\.\d+)?)\s*$")
 
 
@@ -136,9 +138,13 @@ def pixel_pitch(detector: pd.DataFrame, path: str) -> float:
         design = np.column_stack([np.ones_like(a), a])
         (_, slope), *_ = np.linalg.lstsq(design, p, rcond=None)
         slopes.append(abs(float(slope)))
-    if not slopes or not np.mean(slopes) > 0:
+    if not slopes:
         raise SlideError("coords_unreadable", f"cannot fit the spot spacing from {path}: too few distinct positions")
-    return float(np.mean(slopes))
+    pitch = float(np.mean(slopes))
+    if not pitch > MIN_PITCH_PX:
+        raise SlideError("implausible_geometry", f"the spot spacing fitted from {path} is {pitch:.2f} px: the "
+                                                 "pixel_x/pixel_y columns do not move with new_x/new_y")
+    return pitch
 
 
 def match(names: np.ndarray, detector: pd.DataFrame, counts_path: str, detector_path: str

@@ -22,12 +22,14 @@ from stlake.ingestion.readers.common import (
     as_float,
     as_ids,
     check_unique,
+    error_summary,
     guarded,
     image_or_missing,
     make_spots,
     preview,
     read_csv,
     require_columns,
+    require_positive,
 )
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
@@ -183,13 +185,14 @@ def complete(ref: SlideRef, cache: dict) -> SlideRef:
 # ---------------------------------------------------------------- reading
 
 def _coords(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Spot ids, x, y and radius from a ``_coord.csv``."""
+    """Spot ids, x, y and radius (positive) from a ``_coord.csv``."""
     frame = guarded(path, "coordinates file", lambda: read_csv(path, index_col=0))
     require_columns(frame, ("xaxis", "yaxis", "r"), path)
     ids = as_ids(frame.index)
     check_unique(ids, path)
-    return (ids, as_float(frame["xaxis"], path, "xaxis"), as_float(frame["yaxis"], path, "yaxis"),
-            as_float(frame["r"], path, "r"))
+    radius = as_float(frame["r"], path, "r")
+    require_positive(radius, path, "r", "spot radius")
+    return ids, as_float(frame["xaxis"], path, "xaxis"), as_float(frame["yaxis"], path, "yaxis"), radius
 
 
 def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]]) -> Optional[np.ndarray]:
@@ -202,7 +205,7 @@ def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]
     try:
         frame = read_csv(path, sep="\t", index_col=0, dtype=str)
     except Exception as error:  # an annotation problem never sinks the slide
-        warnings.append(("annotation_unreadable", f"{path}: {type(error).__name__}: {error}"))
+        warnings.append(("annotation_unreadable", f"{path}: {error_summary(error)}"))
         return None
     if frame.shape[1] == 0:
         warnings.append(("annotation_unreadable", f"{path} has no label column"))
@@ -227,7 +230,7 @@ def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
     try:
         table = read_meta_table(path)
     except Exception as error:
-        warnings.append(("meta_unreadable", f"{path}: {type(error).__name__}: {error}"))
+        warnings.append(("meta_unreadable", f"{path}: {error_summary(error)}"))
         return ref
     if ref.slide_id not in table:
         warnings.append(("meta_missing", f"slide {ref.slide_id} has no row in {path}"))

@@ -23,9 +23,9 @@ from stlake.ingestion.readers.spaceranger import (
     expression_source,
     find_matrix,
     has_matrix,
+    optional_factor,
     read_positions_csv,
     read_scalefactors,
-    scale_factor,
     scaled,
     slide_id,
     spatial_files,
@@ -109,9 +109,25 @@ def _columns(path: str) -> dict[str, object]:
     """The six position columns by name as numpy/pandas-compatible arrays, from parquet or CSV."""
     if path.endswith(".parquet"):
         table = read_positions_parquet(path)
-        return {c: table.column(c).to_numpy() for c in POSITION_COLUMNS}
+        return guarded(path, "tissue positions file", lambda: {c: table.column(c).to_numpy() for c in POSITION_COLUMNS})
     frame = read_positions_csv(path)
     return {c: frame[c] for c in POSITION_COLUMNS}
+
+
+def bin_geometry(factors: dict, path: str, bin_size_um: int) -> tuple[float, float]:
+    """Bin diameter in full-res px and microns per pixel, from the scalefactors JSON at ``path``.
+
+    ``spot_diameter_fullres`` wins when given (``microns_per_pixel`` then defaults to bin size / diameter),
+    else the diameter is bin size / ``microns_per_pixel``; every value given must be a positive number.
+    """
+    bin_um = optional_factor(factors, "bin_size_um", path) or float(bin_size_um)
+    mpp = optional_factor(factors, "microns_per_pixel", path)
+    diameter = optional_factor(factors, "spot_diameter_fullres", path)
+    if diameter is not None:
+        return diameter, mpp or bin_um / diameter
+    if mpp is None:
+        raise SlideError("coords_unreadable", f"{path} has neither 'spot_diameter_fullres' nor 'microns_per_pixel'")
+    return bin_um / mpp, mpp
 
 
 def _check_bin(ref: SlideRef, bin_size_um: int) -> None:
@@ -134,13 +150,7 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     spots = spots_from_columns(positions, _columns(positions), options.in_tissue_only)
     scalefactors_path = ref.paths.get("scalefactors", "")
     factors = read_scalefactors(scalefactors_path)
-    bin_um = float(factors.get("bin_size_um") or options.bin_size_um)
-    if factors.get("spot_diameter_fullres"):
-        diameter = scale_factor(factors, "spot_diameter_fullres", scalefactors_path)
-        mpp = float(factors.get("microns_per_pixel") or bin_um / diameter)
-    else:
-        mpp = scale_factor(factors, "microns_per_pixel", scalefactors_path)
-        diameter = bin_um / mpp
+    diameter, mpp = bin_geometry(factors, scalefactors_path, options.bin_size_um)
     image, scale, source, warnings = choose_image(ref, options, factors, scalefactors_path)
     return SlideRecord(
         ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
