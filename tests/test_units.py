@@ -203,3 +203,16 @@ def test_uniform_tiles_warning_when_every_tile_is_uniform():
 
     assert warnings([3, 3, 3]) == ["uniform_tiles"]
     assert warnings([3, 2, 3]) == []
+
+
+def test_an_unexpected_error_names_type_and_place_but_not_its_message(tmp_path, monkeypatch):
+    """Messages of unexpected errors can quote input, so ``rejects`` gets the type and the frames only."""
+    unit = labelled_tile_unit(tmp_path)
+
+    def quoting(*args):
+        raise ValueError("could not convert string to float: 'SECRET-4242'")
+
+    monkeypatch.setattr(units, "annotation_rows", quoting)
+    result = units.run_unit(unit, str(tmp_path / "lake"), "r")
+    assert result.error.reason == "internal_error" and "ValueError" in result.error.detail
+    assert "SECRET" not in result.error.detail and "quoting" in result.error.detail

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ DIAMETER_PITCH_RANGE = (0.1, 3.0)
 #: Spots whose spacing is measured on a large slide (a central run of columns holding this many).
 PITCH_SPOTS = 100_000
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TileUnit:
@@ -235,8 +238,17 @@ def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[
 
 
 def internal_error_detail(error: Exception) -> str:
-    """An unexpected exception as a ``rejects`` detail: type, message and the last frames."""
-    return f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
+    """An unexpected exception as a ``rejects`` detail: its type and where it was raised (the last frames).
+
+    The message is kept only for ``OSError`` (it names a path or a system condition); other messages can
+    quote input (``could not convert string to float: '...'``), and ``rejects`` never holds content. The
+    whole exception goes to the task's log.
+    """
+    log.warning("unexpected error", exc_info=error)
+    frames = traceback.extract_tb(error.__traceback__)[-3:]
+    where = "; ".join(f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}" for frame in frames)
+    message = f": {error}" if isinstance(error, OSError) else ""
+    return f"{type(error).__name__}{message} (at {where or 'unknown'})"
 
 
 def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
