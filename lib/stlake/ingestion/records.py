@@ -5,10 +5,14 @@ work units (planner) -> Parquet files + Delta add actions (Spark tasks) -> one c
 """
 from __future__ import annotations
 
+import gzip
+import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
+import pyarrow as pa
 
 #: Count-matrix formats (one module each in :mod:`stlake.ingestion.matrices`).
 MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
@@ -21,6 +25,51 @@ Stage = Literal["discover", "read", "tiles", "expression"]
 Severity = Literal["error", "warning"]
 #: A reader's or planner's remark on a slide that still lands: (reason, detail).
 Remark = tuple[str, str]
+
+
+#: "line 3", "column 2", "byte 17" in a parser's message: where it failed (kept in details).
+POSITION_PHRASE = re.compile(r"\b(line|row|column|col|char|position|offset|byte)s?\s+(\d+)\b", re.IGNORECASE)
+#: "Expected 6 fields in line 3, saw 7" (pandas) / "Expected 6 columns, got 7" (Arrow): what is wrong.
+FIELD_COUNT_PHRASE = re.compile(r"\bexpected\s+(\d+)\s+(fields|columns)\b.*?\b(?:saw|got)\s+(\d+)\b",
+                                re.IGNORECASE)
+
+
+def _error_kind(error: BaseException) -> str:
+    """What kind of failure ``error`` is, in words that cannot quote the input."""
+    if isinstance(error, UnicodeError):
+        return "text is not valid UTF-8"
+    if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return "compressed data ends early or is corrupt"
+    if isinstance(error, OSError):
+        return error.strerror if isinstance(error.strerror, str) and error.strerror else str(error)
+    if isinstance(error, KeyError):
+        return "a required dataset or field is missing"
+    if isinstance(error, IndexError):
+        return "an index is out of range"
+    if isinstance(error, pa.ArrowException):
+        return "malformed data"
+    return "malformed value"
+
+
+def describe_input_error(error: BaseException) -> str:
+    """A parser's or reader's exception for a ``rejects`` detail: kind, type and position, never its message.
+
+    Messages of pandas, pyarrow, the codecs and ``float()``/``int()`` quote the line or value they choke on,
+    and ``rejects`` is readable by everyone who can read the lake; so only the kind of failure, the
+    exception type, field counts and positions found in the message are kept, e.g.
+    ``malformed data (ParserError: expected 6 fields, found 7 at line 3)``. ``OSError`` keeps the I/O
+    layer's message (it names paths and conditions, not data).
+    """
+    message = str(error)
+    what = [f"expected {m[1]} {m[2].lower()}, found {m[3]}" for m in FIELD_COUNT_PHRASE.finditer(message)][:1]
+    if isinstance(error, UnicodeDecodeError):
+        what.append(f"not {error.encoding} text")
+    where = list(dict.fromkeys(f"{m[1].lower()} {m[2]}" for m in POSITION_PHRASE.finditer(message)))
+    if isinstance(error, OSError):
+        where = []  # the message is kept whole: no need to mine it
+    detail = type(error).__name__ + (f": {'; '.join(what)}" if what else "")
+    at = f" at {', '.join(where)}" if where else ""
+    return f"{_error_kind(error)} ({detail}{at})"
 
 
 @dataclass(frozen=True)

@@ -20,34 +20,14 @@ the coordinate reader would silently fail to match.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import zlib
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from stlake.ingestion.records import SlideError
+from stlake.ingestion.records import SlideError, describe_input_error
 
 NOT_UTF8 = "text_not_utf8"
-
-
-def error_kind(error: BaseException) -> str:
-    """What went wrong, in words that cannot quote the file (the exception's own message can)."""
-    if isinstance(error, UnicodeError):
-        kind = "text is not valid UTF-8"
-    elif isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
-        kind = "compressed data ends early or is corrupt"
-    elif isinstance(error, OSError):
-        kind = error.strerror if isinstance(error.strerror, str) and error.strerror else str(error)
-    elif isinstance(error, KeyError):
-        kind = "a required dataset or field is missing"
-    elif isinstance(error, IndexError):
-        kind = "an index is out of range"
-    elif isinstance(error, pa.ArrowException):
-        kind = "malformed data"
-    else:
-        kind = "malformed value"
-    return f"{kind} ({type(error).__name__})"
 
 
 @contextlib.contextmanager
@@ -59,7 +39,7 @@ def unreadable(uri: str) -> Iterator[None]:
         raise
     except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error, pa.ArrowException) as error:
         reason = NOT_UTF8 if isinstance(error, UnicodeError) else "expression_unreadable"
-        raise SlideError(reason, f"{uri}: {error_kind(error)}") from None
+        raise SlideError(reason, f"{uri}: {describe_input_error(error)}") from None
 
 
 def line_number(data: bytes, offset: int) -> int:

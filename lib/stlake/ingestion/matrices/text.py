@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from typing import BinaryIO, Optional, Protocol
 
 from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, rebatch
-from stlake.ingestion.matrices.errors import NOT_UTF8, error_kind
+from stlake.ingestion.matrices.errors import NOT_UTF8
 from stlake.ingestion.matrices.format import MatrixFormat
 from stlake.ingestion.matrices.text_parse import Locate, parse_text_block
-from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError
+from stlake.ingestion.records import ExpressionSource, MatrixKind, SlideError, describe_input_error
 from stlake.lake import storage
 
 READ_BLOCK = 8 << 20  # bytes read from storage at once; also the unit of the (slower) pyarrow parse
@@ -164,8 +164,8 @@ def _gzip_blocks(raw: ByteStream, uri: str) -> Iterator[tuple[int, bytes]]:
             yield offset, block
             position, lines = offset + len(block), lines + block.count(b"\n")
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise SlideError("expression_unreadable", f"{uri}: {error_kind(error)}; lines 1 to {lines} were read "
-                                                  f"({position} bytes of text)") from None
+        raise SlideError("expression_unreadable", f"{uri}: {describe_input_error(error)}; lines 1 to {lines} "
+                                                  f"were read ({position} bytes of text)") from None
 
 
 def _text_blocks(src: ExpressionSource, chunk: ExprChunk) -> Iterator[tuple[int, bytes]]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 from stlake.ingestion.readers import st, stimage, visium, visiumhd
-from stlake.ingestion.readers.common import ReaderOptions, error_summary
+from stlake.ingestion.readers.common import ReaderOptions
 from stlake.ingestion.readers.layout import Layout
-from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
+from stlake.ingestion.records import SlideError, SlideRecord, SlideRef, describe_input_error
 
 #: The registry: layout name -> its declaration. An STimage release is recognised before the
 #: Space Ranger folders it could contain.
@@ -72,4 +72,4 @@ def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideR
     except INPUT_ERRORS as error:
         files = ", ".join(f"{role} {path}" for role, path in ref.paths.items())
         raise SlideError("input_unreadable", f"the {ref.layout} reader could not use the files of slide "
-                                             f"{ref.slide_id} ({error_summary(error)}): {files}") from error
+                                             f"{ref.slide_id} ({describe_input_error(error)}): {files}") from error

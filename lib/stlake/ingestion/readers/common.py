@@ -6,7 +6,6 @@ Readers never decode images and never read expression matrices (see :mod:`stlake
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
@@ -14,7 +13,7 @@ from typing import Any, Optional, TypeVar
 import numpy as np
 import pandas as pd
 
-from stlake.ingestion.records import SlideError, Spots
+from stlake.ingestion.records import SlideError, Spots, describe_input_error
 from stlake.lake import storage
 
 T = TypeVar("T")
@@ -25,11 +24,6 @@ FULLRES_EXTENSIONS = (".tif", ".tiff", ".btf", ".jpg", ".jpeg")
 FULLRES_PREFERRED = "image.tif"
 #: Spot ids shown in error / warning details.
 SHOW_IDS = 5
-#: "line 3", "column 2", "position 10" in a parser's message: where the problem is.
-POSITION_PHRASE = re.compile(r"\b(line|row|column|col|char|position|offset|byte)s?\s+(\d+)\b", re.IGNORECASE)
-#: "Expected 6 fields in line 3, saw 7" (pandas) / "Expected 6 columns, got 7" (Arrow): what is wrong.
-FIELD_COUNT_PHRASE = re.compile(r"\bexpected\s+(\d+)\s+(fields|columns)\b.*?\b(?:saw|got)\s+(\d+)\b",
-                                re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,25 +42,10 @@ class ReaderOptions:
 
 # ---------------------------------------------------------------- reading small files
 
-def error_summary(error: BaseException) -> str:
-    """A parser error as its type and where it happened (line, column, byte), never the text it quotes.
-
-    Parser messages may quote the offending line or value (Arrow's CSV reader, ``float('...')``); a
-    ``rejects`` detail must not carry file content, so only counts and positions are kept.
-    """
-    message = str(error)
-    what = [f"expected {m[1]} {m[2].lower()}, found {m[3]}" for m in FIELD_COUNT_PHRASE.finditer(message)][:1]
-    if isinstance(error, UnicodeDecodeError):
-        what.append(f"not {error.encoding} text")
-    where = list(dict.fromkeys(f"{m[1].lower()} {m[2]}" for m in POSITION_PHRASE.finditer(message)))
-    summary = type(error).__name__ + (f": {'; '.join(what)}" if what else "")
-    return summary + (f" at {', '.join(where)}" if where else "")
-
-
 def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_unreadable") -> T:
     """Run ``read``; a missing or garbled file becomes ``SlideError(reason)`` naming ``path``.
 
-    The detail keeps the parser's error type and position (:func:`error_summary`), not its message.
+    The detail keeps the parser's error type and position, not its message (``describe_input_error``).
     """
     if not storage.exists(path):
         raise SlideError(reason, f"{what} not found: {path}")
@@ -75,7 +54,7 @@ def guarded(path: str, what: str, read: Callable[[], T], reason: str = "coords_u
     except SlideError:
         raise
     except Exception as error:  # any parse failure of a small input file means the file is unusable
-        raise SlideError(reason, f"{what} unreadable: {path} ({error_summary(error)})") from error
+        raise SlideError(reason, f"{what} unreadable: {path} ({describe_input_error(error)})") from error
 
 
 def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:

@@ -22,7 +22,6 @@ from stlake.ingestion.readers.common import (
     as_float,
     as_ids,
     check_unique,
-    error_summary,
     guarded,
     image_or_missing,
     make_spots,
@@ -32,7 +31,7 @@ from stlake.ingestion.readers.common import (
     require_positive,
 )
 from stlake.ingestion.readers.layout import Layout
-from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
+from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef, describe_input_error
 from stlake.lake import storage
 
 TECH_FOLDERS = ("ST", "Visium", "VisiumHD")
@@ -205,7 +204,7 @@ def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]
     try:
         frame = read_csv(path, sep="\t", index_col=0, dtype=str)
     except Exception as error:  # an annotation problem never sinks the slide
-        warnings.append(("annotation_unreadable", f"{path}: {error_summary(error)}"))
+        warnings.append(("annotation_unreadable", f"{path}: {describe_input_error(error)}"))
         return None
     if frame.shape[1] == 0:
         warnings.append(("annotation_unreadable", f"{path} has no label column"))
@@ -230,7 +229,7 @@ def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
     try:
         table = read_meta_table(path)
     except Exception as error:
-        warnings.append(("meta_unreadable", f"{path}: {error_summary(error)}"))
+        warnings.append(("meta_unreadable", f"{path}: {describe_input_error(error)}"))
         return ref
     if ref.slide_id not in table:
         warnings.append(("meta_missing", f"slide {ref.slide_id} has no row in {path}"))
