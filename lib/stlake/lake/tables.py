@@ -232,6 +232,28 @@ def read_table(lake: str, table_name: str, columns: Optional[list[str]] = None) 
     return pa.table(table.to_pyarrow_table(columns=columns))
 
 
+def slide_rows(lake: str, table_name: str, slide_id: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """One slide's rows of the table's current snapshot: only files whose statistics may hold it are read."""
+    table = open_table(lake, table_name)
+    schema = schemas.TABLES[table_name]
+    wanted = pa.schema([schema.field(c) for c in columns]) if columns else schema
+    if table is None:
+        return wanted.empty_table()
+    actions, root = add_actions(table), table_uri(lake, table_name)
+    lows = actions.column("min.slide_id").to_pylist() if "min.slide_id" in actions.column_names else []
+    highs = actions.column("max.slide_id").to_pylist() if "max.slide_id" in actions.column_names else []
+    parts = [wanted.empty_table()]
+    for i, path in enumerate(actions.column("path").to_pylist()):
+        low, high = (lows[i], highs[i]) if lows else (None, None)
+        if low is not None and high is not None and not low <= slide_id <= high:
+            continue
+        fs, local = storage.filesystem(storage.join(root, path))
+        part = pq.read_table(local, filesystem=fs, columns=list(set(wanted.names) | {"slide_id"}),
+                             filters=pc.field("slide_id") == slide_id)
+        parts.append(part.select(wanted.names).cast(wanted))
+    return pa.concat_tables(parts)
+
+
 def add_actions(table: DeltaTable) -> pa.Table:
     """The snapshot's add actions with flattened statistics, as a pyarrow Table."""
     return pa.table(table.get_add_actions(flatten=True))
@@ -308,22 +330,25 @@ def _with_retries(table_name: str, attempt_commit: Callable[[int], int]) -> int:
     raise CommitFailedError(f"{table_name}: gave up after {MAX_COMMIT_ATTEMPTS} conflicting commits")
 
 
-def _properties(run_id: str, operation: str) -> CommitProperties:
-    """Commit metadata naming the run and the operation; delta-rs does not retry (we do)."""
+def commit_properties(run_id: str, operation: str, metadata: Optional[dict[str, str]] = None) -> CommitProperties:
+    """Commit metadata naming the run, the operation (and ``stlake.<key>`` extras); delta-rs does not retry (we do)."""
     if run_id:
         check_name("run id", run_id)
-    return CommitProperties(custom_metadata={"stlake.run_id": run_id, "stlake.operation": operation},
+    extra = {f"stlake.{key}": value for key, value in (metadata or {}).items()}
+    return CommitProperties(custom_metadata={"stlake.run_id": run_id, "stlake.operation": operation, **extra},
                             max_commit_retries=0)
 
 
 def commit(lake: str, table_name: str, files: list[DataFile], replace_slides: Iterable[str] = (),
-           run_id: str = "", operation: str = "ingest", replace_all: bool = False) -> int:
+           run_id: str = "", operation: str = "ingest", replace_all: bool = False,
+           metadata: Optional[dict[str, str]] = None) -> int:
     """Commit ``files`` to a table in one transaction; creates the table when missing.
 
     The rows of ``replace_slides`` (or every current row with ``replace_all``) are replaced in the same
     commit. Returns the new table version. A lost race is rebuilt on the new snapshot and retried.
+    ``metadata`` goes into the commit's ``commitInfo`` as ``stlake.<key>`` entries.
     """
-    replace, props = set(replace_slides), _properties(run_id, operation)
+    replace, props = set(replace_slides), commit_properties(run_id, operation, metadata)
 
     def attempt_commit(attempt: int) -> int:
         table = open_table(lake, table_name)
@@ -348,7 +373,7 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
 
     Used for ``genes``: every writer merges its genes into the current snapshot and rewrites it.
     """
-    props = _properties(run_id, "merge")
+    props = commit_properties(run_id, "merge")
 
     def attempt_commit(attempt: int) -> int:
         table = open_table(lake, table_name)
@@ -364,6 +389,26 @@ def overwrite_small_table(lake: str, table_name: str, build: Callable[[Optional[
         except Exception:
             discard(lake, files)
             raise
+
+    return _with_retries(table_name, attempt_commit)
+
+
+def commit_changes(lake: str, table_name: str,
+                   plan: Callable[[DeltaTable], tuple[list[DataFile], list[tuple[str, int]]]],
+                   run_id: str = "", operation: str = "") -> int:
+    """One commit of the (adds, removes) that ``plan(current snapshot)`` returns, retried on conflicts.
+
+    ``plan`` runs again on the new snapshot after a lost race, so it can drop what is no longer valid.
+    The table must exist; nothing to commit makes no new version. Returns the version after it.
+    """
+    props = commit_properties(run_id, operation)
+
+    def attempt_commit(attempt: int) -> int:
+        table = open_table(lake, table_name)
+        if table is None:
+            raise FileNotFoundError(f"no Delta table {table_name!r} in {lake}")
+        adds, removes = plan(table)
+        return _append(table, table_name, adds, removes, props)
 
     return _with_retries(table_name, attempt_commit)
 

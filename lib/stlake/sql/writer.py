@@ -94,11 +94,12 @@ def by_slide(frame: DataFrame, table_name: str) -> DataFrame:
 
 
 def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
-                    replace_slides: Optional[Iterable[str]] = None, replace_all: bool = False) -> int:
+                    replace_slides: Optional[Iterable[str]] = None, replace_all: bool = False,
+                    metadata: Optional[dict[str, str]] = None) -> int:
     """Write ``frame`` (columns of the table's schema) as the table's new rows; returns the new version.
 
     Files hold one slide each (see the module docstring). ``replace_all`` drops every current row of
-    the table in the same commit.
+    the table in the same commit; ``metadata`` goes into the commit (see ``tables.commit``).
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -108,7 +109,7 @@ def write_dataframe(frame: DataFrame, lake: str, table_name: str, run_id: str,
                                                   from_arrow_schema(FILE_ROW)).collect()
     files = [tables.DataFile(**row.asDict()) for row in rows]
     return tables.commit(lake, table_name, files, replace_slides or (), run_id, operation=f"write {table_name}",
-                         replace_all=replace_all)
+                         replace_all=replace_all, metadata=metadata)
 
 
 __all__ = ["write_dataframe"]

@@ -19,6 +19,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", default="./lake")
     parser.add_argument("--table", default=default["table"])
     parser.add_argument("--version", type=int, help="Delta version to read (default: latest)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a `pairs` table older than spots/expression (default: warn)")
     for flag, dest in (("--technology", "technologies"), ("--species", "species"), ("--tissue", "tissues"),
                        ("--label", "labels"), ("--slide", "slide_ids")):
         parser.add_argument(flag, dest=dest, action="append", type=_list, help="filter (repeatable, a,b,c)")
@@ -84,7 +86,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     """``stlake pairs``: (re)build the pairs table with Spark; print its version."""
     from stlake.derived.pairs import build_pairs
     from stlake.spark import spark_session
-    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids)
+    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids,
+                          incremental=not args.full)
     print(f"pairs: version {version}")
     return 0
 
@@ -116,6 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pairs = sub.add_parser("pairs", help="join spots + expression + slides into the pairs table (Spark)")
     pairs.add_argument("--lake", default="./lake")
     pairs.add_argument("--slide", dest="slide_ids", action="append", help="rebuild only these slides")
+    pairs.add_argument("--full", action="store_true",
+                       help="rebuild every slide (default: only slides whose rows changed since the last build)")
     pairs.add_argument("--master")
     pairs.set_defaults(run=cmd_pairs)
     hvg = sub.add_parser("hvg", help="top-k highly variable genes per species -> gene_panels (Spark)")

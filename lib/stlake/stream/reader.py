@@ -35,6 +35,7 @@ scope them, as it is not thread-safe and the reader threads outlive any ``with``
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import re
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 
     from stlake.stream.predicate import RowFilter
 
+logger = logging.getLogger(__name__)
 READ_COLUMNS = ["slide_id", "spot_id", "label", "tile", "gene_ids", "counts", "total_counts"]
 OUTPUT_COLUMNS = ["slide_id", "spot_id", "label", "has_label", "tile", "expression"]
 
@@ -83,9 +85,22 @@ class ReadPlan:
         return READ_COLUMNS + [c for c in self.selection.row_columns if c not in READ_COLUMNS]
 
 
+def check_pairs_fresh(spec: StreamSpec, version: int) -> None:
+    """Warn (``strict``: raise ``StalePairs``) when the streamed ``pairs`` is older than its source rows."""
+    if spec.table != "pairs":
+        return
+    from stlake.derived.pairs import StalePairs, check_fresh
+    problem = check_fresh(spec.lake, version, spec.slide_ids)
+    if problem and spec.strict:
+        raise StalePairs(problem)
+    if problem:
+        logger.warning("%s (or stream with --strict to refuse it)", problem)
+
+
 def build_plan(spec: StreamSpec) -> ReadPlan:
     """Select the snapshot's files, resolve the panel and the target sum (scanpy median when None)."""
     selection = select_files(spec)
+    check_pairs_fresh(spec, selection.version)
     panel = resolve_panel(spec.lake, spec)
     target_sum = spec.target_sum
     if spec.normalize == "normalize_total_log1p" and target_sum is None:

@@ -41,11 +41,14 @@ class StreamSpec:
     Sharding: ``cur_shard`` / ``shard_count`` split the row groups of the snapshot into disjoint parts
     (one per training process). ``num_epochs=None`` streams forever. ``version`` pins the Delta
     version (every rank of a job should read the same one; ``None`` = the latest when the loader opens).
+    A ``pairs`` stream warns when ``pairs`` is older than the rows of ``spots``/``expression``/``slides``
+    of its slides (rebuild with ``stlake pairs``); ``strict`` refuses to stream it.
     """
 
     lake: str
     table: str = "pairs"
     version: Optional[int] = None
+    strict: bool = False  # refuse a stale ``pairs`` table instead of warning
     # filters
     technologies: Optional[Sequence[str]] = None
     species: Optional[Sequence[str]] = None
