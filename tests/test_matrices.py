@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import pickle
 from typing import get_args
 
 import h5py
@@ -338,3 +339,39 @@ def test_raw_file_adapter_reads_and_seeks(tmp_path):
     handle.seek(-2, io.SEEK_END)
     assert handle.read() == bytes([254, 255])
     handle.close()
+
+
+def test_row_masks_per_chunk_keep_the_slides_spots_and_check_coverage(tmp_path):
+    """10x chunks get a bit mask of their own rows; a task carries bits, not the slide's id list."""
+    frame = barcode_frame(60, 5)
+    src = ExpressionSource("tenx_h5", write_h5(tmp_path / "m.h5", frame))
+    plan = ex.plan_expression(src, 64)
+    slide = np.array([f"AAAC{i:04d}-1" for i in range(0, 60, 3)], dtype=object)  # every third barcode
+    masks = ex.plan_rows(src, plan, slide)
+    assert len(masks) == len(plan.chunks) > 1 and all(isinstance(m, ex.RowMask) and m.covered for m in masks)
+    kept = []
+    for chunk, mask in zip(plan.chunks, masks):
+        offset = 0
+        for batch in ex.read_chunk(src, plan, chunk):
+            kept += list(batch.spot_ids[mask.keep(batch.spot_ids, offset)])
+            offset += len(batch)
+    assert kept == list(slide)
+    with pytest.raises(SlideError) as missing:
+        ex.plan_rows(src, plan, np.append(slide, "GHOST-1"))
+    assert missing.value.reason == "spots_without_expression" and "GHOST-1" in missing.value.detail
+    with pytest.raises(SlideError) as twice:
+        ex.plan_rows(src, plan, np.append(slide, slide[0]))
+    assert twice.value.reason == "duplicate_spot_ids"
+
+
+def test_text_chunks_carry_the_slides_ids_compressed(tmp_path):
+    """Delimited text is looked up per batch through a hash index of the (compressed) slide ids."""
+    path = tmp_path / "c.csv"
+    path.write_text(",A\n" + "".join(f"AAACAAGTATCTCC{i:04d}-1,1\n" for i in range(5000)))
+    src = ExpressionSource("dense_csv", str(path))
+    plan = ex.plan_expression(src)
+    slide = np.array([f"AAACAAGTATCTCC{i:04d}-1" for i in range(0, 5000, 2)], dtype=object)
+    (ids,) = ex.plan_rows(src, plan, slide)
+    assert isinstance(ids, ex.SlideIds) and not ids.covered and len(pickle.dumps(ids)) < 20_000
+    batch = next(ex.read_chunk(src, plan, plan.chunks[0]))
+    assert ids.keep(batch.spot_ids, 0).sum() == min(len(batch), 4096) // 2

@@ -19,8 +19,8 @@ def test_rows_of_spots_not_on_the_slide_do_not_count(tmp_path):
     source = ExpressionSource("dense_csv", str(matrix), {"sep": ","})
     expr_plan = matrices.plan_expression(source)
     gene_map = genes.harmonise(expr_plan.genes, expr_plan.ensembl_ids, expr_plan.symbols, "human")
-    unit = plan.ExprUnit("slide", "Visium", source, expr_plan, expr_plan.chunks[0], gene_map.gene_ids,
-                         np.array(["s1", "s2"], dtype=object), 0)
+    rows = matrices.plan_rows(source, expr_plan, np.array(["s1", "s2"], dtype=object))
+    unit = plan.ExprUnit("slide", "Visium", source, expr_plan, expr_plan.chunks[0], gene_map.gene_ids, rows[0], 0)
     result = units.run_expression_unit(unit, str(tmp_path / "lake"), "run")
     a, b, c, d = gene_map.gene_ids
     assert result.rows == 2 and result.unknown_rows == 1 and sorted(result.spot_ids) == ["s1", "s2"]
@@ -37,7 +37,8 @@ def one_band_plan(n: int, max_spots: int) -> tuple[plan.SlidePlan, IngestOptions
     record = SlideRecord(ref, "image.tif", spots, 20.0, ExpressionSource("dense_csv", "counts.csv"))
     image = ImageInfo(int(x.max()) + 50, 400, 3, "tiff", True)
     options = IngestOptions(source="", lake="", max_spots_per_task=max_spots, memory_budget=1 << 30)
-    expr_unit = plan.ExprUnit("slide", "Visium", record.expression, None, None, None, spots.spot_id, 0)
+    expr_unit = plan.ExprUnit("slide", "Visium", record.expression, None, None, None,
+                              matrices.SlideIds.of(spots.spot_id), 0)
     slide = plan.SlidePlan(ref, record, image, 20, units=[*plan.tile_units(record, image, 20, options), expr_unit])
     return slide, options
 

@@ -134,8 +134,11 @@ def cmd_tables(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     """``stlake synth``: write a synthetic dataset and print how many slides it has."""
     from stlake.synth import generate
-    summary = generate(args.out, size=args.size, seed=args.seed, layouts=tuple(args.layouts),
-                       corrupt=args.corrupt)
+    from stlake.synth.specs import get_sizes
+    sizes = get_sizes(args.size)
+    if args.hd_bins:
+        sizes = dataclasses.replace(sizes, hd_bins=args.hd_bins)
+    summary = generate(args.out, size=sizes, seed=args.seed, layouts=tuple(args.layouts), corrupt=args.corrupt)
     print(f"wrote {sum(len(v) for k, v in summary.get('slides', {}).items())} slides to {args.out}")
     return 0
 
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--layouts", nargs="+", choices=layout_names(), default=list(layout_names()),
                        help="layouts to write (default: all)")
     synth.add_argument("--corrupt", action="store_true", help="also write broken slides")
+    synth.add_argument("--hd-bins", type=int, default=0, metavar="N",
+                       help="VisiumHD: 8 µm bins per side (the 2 µm level has 4N x 4N bins); default: the size's")
     synth.set_defaults(run=cmd_synth)
     register_stream_commands(sub)
     register_train_command(sub)

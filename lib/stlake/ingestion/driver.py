@@ -124,15 +124,24 @@ def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: st
 # ---------------------------------------------------------------- judging slides
 
 def check_expression_coverage(outcome: SlideOutcome) -> None:
-    """Every tiled spot has exactly one expression row; otherwise the slide is rejected."""
-    written = [r.spot_ids for r in outcome.results if r.kind == "expression" and r.spot_ids is not None]
+    """Every tiled spot has exactly one expression row; otherwise the slide is rejected.
+
+    Units whose rows the planner checked (10x matrices) return no ids: their rows must add up to the spots.
+    """
+    record, _ = outcome.plan.ready()
+    expr = [r for r in outcome.results if r.kind == "expression"]
+    if expr and all(r.spot_ids is None for r in expr):
+        if sum(r.rows for r in expr) != len(record.spots):
+            outcome.error = Rejection("expression", "spots_without_expression",
+                                      f"{sum(r.rows for r in expr)} expression rows for {len(record.spots)} spots")
+        return
+    written = [r.spot_ids for r in expr if r.spot_ids is not None]
     spot_ids = np.concatenate(written) if written else np.zeros(0, dtype=object)
     unique, counts = np.unique(spot_ids.astype(str), return_counts=True)
     if (counts > 1).any():
         outcome.error = Rejection("expression", "duplicate_spot_ids",
                                   f"spot ids with more than one expression row: {preview(unique[counts > 1])}")
         return
-    record, _ = outcome.plan.ready()
     expected = record.spots.spot_id.astype(str)
     missing = np.setdiff1d(expected, unique)
     if len(missing):

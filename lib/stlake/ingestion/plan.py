@@ -59,7 +59,7 @@ class ExprUnit:
     plan: matrices.ExprPlan
     chunk: matrices.ExprChunk
     gene_ids: np.ndarray  # global gene id per source column, -1 = dropped
-    spot_ids: np.ndarray  # the slide's spots; rows of other ids are not kept
+    rows: matrices.RowFilter  # which of the chunk's rows are the slide's spots (others are not kept)
     index: int
 
 
@@ -231,9 +231,10 @@ def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[
     """One unit per chunk of the matrix, with the slide's columns mapped onto global gene ids."""
     plan = matrices.plan_expression(record.expression, options.expr_chunk_bytes)
     gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
+    rows = matrices.plan_rows(record.expression, plan, record.spots.spot_id)
     units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, plan, chunk,
-                      gene_map.gene_ids, record.spots.spot_id, index)
-             for index, chunk in enumerate(plan.chunks)]
+                      gene_map.gene_ids, chunk_rows, index)
+             for index, (chunk, chunk_rows) in enumerate(zip(plan.chunks, rows))]
     return units, gene_map
 
 

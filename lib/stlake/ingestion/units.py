@@ -35,7 +35,7 @@ class UnitResult:
     uniform_tiles: int = 0  # tiles: tiles whose image pixels are (near) one colour (``tiling.UNIFORM_STD``)
     peak_decoded_bytes: int = 0
     peak_tile_bytes: int = 0  # tiles: most bytes held in tile buffers and encoded tiles at once
-    spot_ids: Optional[np.ndarray] = None  # expression: spots that got a row
+    spot_ids: Optional[np.ndarray] = None  # expression: spots that got a row (None: the planner checked them)
     unknown_rows: int = 0  # expression: rows whose spot is not among the slide's spots
     detected_gene_ids: Optional[np.ndarray] = None
     total_counts: int = 0
@@ -135,21 +135,25 @@ def run_expression_unit(unit: ExprUnit, lake: str, run_id: str,
                         written: Optional[WrittenFiles] = None) -> UnitResult:
     """Read one chunk of the matrix as sparse rows against global gene ids; write ``expression`` rows.
 
-    Rows of spots that are not the slide's are dropped and count only as ``unknown_rows``.
+    Rows of spots that are not the slide's are dropped and count only as ``unknown_rows``; the chunk's
+    own lookup (``unit.rows``) says which. The spot ids written go back to the driver only when the
+    planner could not check them (text matrices).
     """
     written = WrittenFiles() if written is None else written
     columns = genes.GlobalColumns.of(unit.gene_ids)
-    slide_spots = unit.spot_ids.astype(str)
-    parts, spot_ids, unknown = [], [], 0
+    parts, spot_ids, unknown, offset = [], [], 0, 0
     for batch in matrices.read_chunk(unit.source, unit.plan, unit.chunk):
-        keep = np.isin(batch.spot_ids.astype(str), slide_spots)
+        keep = unit.rows.keep(batch.spot_ids, offset)
+        offset += len(batch)
         parts.append(expression_rows(unit, batch, keep, columns, run_id))
-        spot_ids.append(batch.spot_ids[keep].astype(str))
+        if not unit.rows.covered:
+            spot_ids.append(batch.spot_ids[keep].astype(str))
         unknown += int((~keep).sum())
     table = pa.concat_tables(parts) if parts else schemas.EXPRESSION.empty_table()
     files = written.write(lake, "expression", table, _tag(unit, run_id))
+    kept = np.concatenate(spot_ids) if spot_ids else np.zeros(0, dtype=object)
     return UnitResult(unit.slide_id, "expression", files, rows=table.num_rows,
-                      spot_ids=np.concatenate(spot_ids) if spot_ids else np.zeros(0, dtype=object),
+                      spot_ids=None if unit.rows.covered else kept,
                       unknown_rows=unknown, detected_gene_ids=detected_genes(table),
                       total_counts=int(np.asarray(table.column("total_counts")).sum()) if table.num_rows else 0)
 

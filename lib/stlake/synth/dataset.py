@@ -3,7 +3,7 @@
 ``{out_dir}/``
   ``stimage/``   an STimage-1K4M release (one slide per technology, plus broken slides with ``corrupt``)
   ``visium/{visium_1,visium_2}/``   Space Ranger outputs (h5 + full-res TIFF; MTX + hires PNG only)
-  ``visiumhd/visiumhd_1/``          Space Ranger HD ``binned_outputs/square_{008,016}um`` + ``image.tif``
+  ``visiumhd/visiumhd_1/``          Space Ranger HD ``binned_outputs/square_{002,008,016}um`` + ``image.tif``
   ``st/st_1/``                      legacy ST: counts TSV.gz, spot detector TSV, H&E JPEG
   ``truth/{slide_id}.npz``          ground truth (:mod:`stlake.synth.truth`)
   ``manifest.csv``                  one row per slide (paths relative to ``out_dir``)

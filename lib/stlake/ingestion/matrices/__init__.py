@@ -1,7 +1,8 @@
 """Expression matrices -> bounded batches of sparse rows (local gene columns, raw integer counts).
 
 ``plan_expression`` reads only headers and small metadata and cuts the matrix into chunks, each one
-Spark task; ``read_chunk`` turns one chunk into ``SparseBatch`` es of at most ``MAX_BATCH_ROWS`` rows.
+Spark task; ``read_chunk`` turns one chunk into ``SparseBatch`` es of at most ``MAX_BATCH_ROWS`` rows; ``plan_rows``
+gives each chunk its lookup of the slide's spots (:mod:`.rows`).
 
 One module per format (``ExpressionSource.kind``), each declaring ``FORMAT`` (see :mod:`.format`):
 ``dense_csv`` and ``st_tsv`` (delimited text cut into byte ranges, :mod:`.text` / :mod:`.text_parse`),
@@ -19,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import numpy as np
+
 from stlake.ingestion.matrices import dense_csv, st_tsv, tenx_h5, tenx_mtx
 from stlake.ingestion.matrices.batch import (
     INT32_MAX,
@@ -31,6 +34,7 @@ from stlake.ingestion.matrices.batch import (
 )
 from stlake.ingestion.matrices.errors import unreadable
 from stlake.ingestion.matrices.format import MatrixFormat
+from stlake.ingestion.matrices.rows import RowFilter, RowMask, SlideIds, row_filters
 from stlake.ingestion.matrices.tenx import GENE_EXPRESSION
 from stlake.ingestion.matrices.text_parse import parse_text_block
 from stlake.ingestion.records import ExpressionSource, SlideError
@@ -46,7 +50,8 @@ FORMATS: dict[str, MatrixFormat] = {fmt.kind: fmt for fmt in (
 )}
 
 __all__ = ["FORMATS", "GENE_EXPRESSION", "INT32_MAX", "MAX_BATCH_NNZ", "MAX_BATCH_ROWS", "ExprChunk", "ExprPlan",
-           "MatrixFormat", "SparseBatch", "get_format", "parse_text_block", "plan_expression", "read_chunk"]
+           "MatrixFormat", "RowFilter", "RowMask", "SlideIds", "SparseBatch", "get_format", "parse_text_block",
+           "plan_expression", "plan_rows", "read_chunk"]
 
 
 def get_format(src: ExpressionSource) -> MatrixFormat:
@@ -65,6 +70,12 @@ def plan_expression(src: ExpressionSource, chunk_bytes: int = 64 << 20) -> ExprP
         plan = fmt.plan(src, max(1, int(chunk_bytes)))
     log.debug("%s (%s): %d genes, %d chunk(s)", src.uri, src.kind, len(plan.genes), len(plan.chunks))
     return plan
+
+
+def plan_rows(src: ExpressionSource, plan: ExprPlan, spot_ids: np.ndarray) -> list[RowFilter]:
+    """Per chunk of ``plan``, which rows are the slide's spots (see :mod:`.rows`)."""
+    with unreadable(src.uri):
+        return row_filters(src, plan, spot_ids, get_format(src).row_ids)
 
 
 def read_chunk(src: ExpressionSource, plan: ExprPlan, chunk: ExprChunk) -> Iterator[SparseBatch]:

@@ -162,6 +162,17 @@ def _check_indptr(indptr: np.ndarray, nnz: int, first_barcode: int, uri: str) ->
                                                   f"(near barcode {barcode})")
 
 
+def _barcodes(group: Any, uri: str, start: int, stop: int) -> np.ndarray:
+    """Barcodes ``[start, stop)`` as spot ids (object array of str, whitespace stripped)."""
+    return np.array([s.strip() for s in _strings(group, "barcodes", uri, start, stop)], dtype=object)
+
+
+def row_ids(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> np.ndarray:
+    """The spot ids of one chunk's barcodes, in order (the barcodes dataset only)."""
+    with _open_h5(src.uri) as handle:
+        return _barcodes(_h5_group(handle, src.uri), src.uri, chunk.start, chunk.stop)
+
+
 def read(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> Iterator[SparseBatch]:
     """The barcodes of one chunk, sliced from the CSC arrays a batch at a time."""
     with _open_h5(src.uri) as handle:
@@ -172,9 +183,9 @@ def read(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> Iterat
             indptr = group["indptr"][b0:b1 + 1].astype(np.int64)
             _check_indptr(indptr, nnz, b0, src.uri)
             p0, p1 = int(indptr[0]), int(indptr[-1])
-            ids = np.array([s.strip() for s in _strings(group, "barcodes", src.uri, b0, b1)], dtype=object)
+            ids = _barcodes(group, src.uri, b0, b1)
             yield csc_batch(ids, indptr - p0, group["indices"][p0:p1].astype(np.int64), group["data"][p0:p1],
                             lookup, expr_plan.genes, src.uri, b0)
 
 
-FORMAT = MatrixFormat("tenx_h5", plan, read, ("barcodes",))
+FORMAT = MatrixFormat("tenx_h5", plan, read, ("barcodes",), row_ids)

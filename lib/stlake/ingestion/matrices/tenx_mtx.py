@@ -193,4 +193,10 @@ def read(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> Iterat
                         b0)
 
 
-FORMAT = MatrixFormat("tenx_mtx", plan, read, ("matrix",))
+def row_ids(src: ExpressionSource, expr_plan: ExprPlan, chunk: ExprChunk) -> np.ndarray:
+    """The spot ids of the chunk's barcodes, in order (the barcodes file only)."""
+    columns = _tsv_columns(_mtx_file(src.uri, *BARCODE_FILES))
+    return np.array(columns[0][chunk.start:chunk.stop] if columns else [], dtype=object)
+
+
+FORMAT = MatrixFormat("tenx_mtx", plan, read, ("matrix",), row_ids)

@@ -1,8 +1,11 @@
 """Space Ranger VisiumHD writer: ``visiumhd/visiumhd_1/``.
 
-``binned_outputs/square_008um`` and ``square_016um`` (16 µm bins = sums of 2 x 2 8-µm bins), each with
-``spatial/tissue_positions.parquet``, scale factors, hires/lowres PNGs and ``filtered_feature_bc_matrix.h5``;
-the full-resolution ``image.tif`` sits at the slide root.
+``binned_outputs/square_002um``, ``square_008um`` and ``square_016um``, the three levels Space Ranger 3
+writes, each with ``spatial/tissue_positions.parquet``, scale factors, hires/lowres PNGs and
+``filtered_feature_bc_matrix.h5``; the full-resolution ``image.tif`` sits at the slide root. The 8 µm
+counts are drawn first; each 8 µm count is split at random among its 4 x 4 2-µm bins (which inherit its
+tissue flag), and 16 µm bins are sums of 2 x 2 8-µm bins, so every level's counts are exact sums of the
+2 µm level's.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from stlake.synth.writers.common import DatasetJob, SlideInfo, fresh_dir, hd_bar
 LAYOUT = "visiumhd"
 SLIDE_ID = "visiumhd_1"
 BIN_UM = 8
+SUB = 4  # 2 µm bins per side of an 8 µm bin
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,10 @@ def write(job: DatasetJob) -> list[SlideInfo]:
     root = fresh_dir(os.path.join(job.out_dir, LAYOUT, SLIDE_ID))
     chip = bins_8um(job)
     bins16, parent = bins_16um(chip)
+    bins2, parent2 = bins_2um(chip, job.seed)
     seed = image_seed(job.seed, SLIDE_ID)
     pngs = _hires_lowres_pngs(chip, job.sizes.lowres_side, seed)
-    for bins in (chip.bins, bins16):
+    for bins in (bins2, chip.bins, bins16):
         _write_bin_folder(root, chip, bins, job.sizes.lowres_side, pngs)
     image_path = os.path.join(root, "image.tif")
     b8 = chip.bins
@@ -85,7 +90,8 @@ def write(job: DatasetJob) -> list[SlideInfo]:
         in_tissue=b8.in_tissue, spot_diameter_px=float(chip.bin_px), microns_per_pixel=chip.mpp,
         image_width=chip.width, image_height=chip.height, gene_ids=chip.gene_ids, gene_symbols=chip.gene_names,
         extra={"array_row": b8.row, "array_col": b8.col, "bin016_spot_id": bins16.barcodes, "bin016_x": bins16.px,
-               "bin016_y": bins16.py, "bin016_in_tissue": bins16.in_tissue, "bin016_parent": parent})
+               "bin016_y": bins16.py, "bin016_in_tissue": bins16.in_tissue, "bin016_parent": parent,
+               **_bin002_truth(bins2, parent2)})
     save_truth(job.out_dir, truth)
     species, tissue = SLIDE_META[SLIDE_ID]
     return [SlideInfo(SLIDE_ID, LAYOUT, "VisiumHD", root, species, tissue, int(b8.in_tissue.sum()), len(b8.row),
@@ -141,6 +147,47 @@ def bins_16um(chip: Chip) -> tuple[Bins, np.ndarray]:
     px16, py16 = mx + col16 * 2 * bin_px + bin_px, my + row16 * 2 * bin_px + bin_px
     bins = Bins(2 * BIN_UM, hd_barcode(2 * BIN_UM, row16, col16), row16, col16, px16, py16, in_tissue16, counts16)
     return bins, parent
+
+
+def _split_counts(chip: Chip, rng: np.random.Generator, piece: int = 1 << 20) -> sp.csr_matrix:
+    """The 8 µm counts split at random (multinomially) among each bin's 4 x 4 2-µm bins."""
+    b8, side = chip.bins, chip.n_side * SUB
+    coo = b8.counts.tocoo()
+    rows, cols, values = [], [], []
+    for lo in range(0, coo.nnz, piece):
+        split = rng.multinomial(coo.data[lo:lo + piece].astype(np.int64), np.full(SUB * SUB, 1.0 / (SUB * SUB)))
+        entry, child = np.nonzero(split)
+        parent = coo.row[lo:lo + piece][entry]
+        rows.append((b8.row[parent] * SUB + child // SUB) * side + b8.col[parent] * SUB + child % SUB)
+        cols.append(coo.col[lo:lo + piece][entry])
+        values.append(split[entry, child])
+    counts = sp.csr_matrix((np.concatenate(values or [np.zeros(0, np.int64)]),
+                            (np.concatenate(rows or [np.zeros(0, np.int64)]),
+                             np.concatenate(cols or [np.zeros(0, np.int64)]))), shape=(side * side, b8.counts.shape[1]))
+    counts.sort_indices()
+    return counts
+
+
+def bins_2um(chip: Chip, seed: int) -> tuple[Bins, np.ndarray]:
+    """The 2 µm bins (4 x 4 per 8 µm bin, whose counts are their sum) and the 8 µm parent of each."""
+    b8, bin_px = chip.bins, chip.bin_px
+    if bin_px % (2 * SUB):
+        raise ValueError(f"an 8 µm bin of {bin_px} px cannot hold {SUB} x {SUB} 2 µm bins of even size")
+    side, sub_px = chip.n_side * SUB, bin_px // SUB
+    mx, my = chip.margin
+    row, col = np.divmod(np.arange(side * side), side)
+    parent = (row // SUB) * chip.n_side + col // SUB
+    counts = _split_counts(chip, slide_rng(seed, SLIDE_ID, "counts002"))
+    px, py = mx + col * sub_px + sub_px // 2, my + row * sub_px + sub_px // 2
+    return Bins(BIN_UM // SUB, hd_barcode(BIN_UM // SUB, row, col), row, col, px, py, b8.in_tissue[parent],
+                counts), parent
+
+
+def _bin002_truth(bins: Bins, parent: np.ndarray) -> dict[str, np.ndarray]:
+    """Truth extras of the 2 µm level: ids, centres, tissue, 8 µm parent and the counts (CSR arrays)."""
+    return {"bin002_spot_id": bins.barcodes, "bin002_x": bins.px, "bin002_y": bins.py,
+            "bin002_in_tissue": bins.in_tissue, "bin002_parent": parent, "bin002_indptr": bins.counts.indptr,
+            "bin002_indices": bins.counts.indices, "bin002_data": bins.counts.data}
 
 
 def _hires_lowres_pngs(chip: Chip, lowres_side: int, seed: int) -> dict[str, bytes]:
