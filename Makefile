@@ -8,7 +8,7 @@ LAKE ?= lake
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo demo-s3 test test-slow test-all lint bench terraform-check clean
+.PHONY: venv demo demo-s3 test test-slow test-all lint bench terraform-check notebooks-docs clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ test-all: venv
 bench: venv
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_stream.py
+
+# Executed copies of the notebooks (outputs and figures) for readers of the repository; the stripped
+# notebooks/*.ipynb stay the source. A few minutes on two cores.
+notebooks-docs: venv
+	$(PY) notebooks/execute.py --out docs/notebooks
 
 terraform-check:
 	bash infra/terraform/check.sh

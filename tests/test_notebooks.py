@@ -54,6 +54,20 @@ def test_strip_removes_outputs_and_counts(tmp_path):
     assert strip.main(["--check", str(path)]) == 0
 
 
+def figures_in(nb) -> int:
+    """How many PNG outputs the notebook's code cells carry."""
+    return sum(1 for cell in nb["cells"] if cell["cell_type"] == "code"
+               for out in cell.get("outputs", []) if "image/png" in out.get("data", {}))
+
+
+def test_executed_copies_with_figures_are_kept_in_docs():
+    docs = ROOT / "docs" / "notebooks"
+    for name in NOTEBOOKS:
+        assert (docs / name).exists(), f"docs/notebooks/{name} missing: run make notebooks-docs"
+        nb = json.loads((docs / name).read_text())
+        assert figures_in(nb) >= 1 and not load_strip().is_stripped(nb), name
+
+
 # ---------------------------------------------------------------- executed
 
 @pytest.fixture(scope="module")
@@ -99,6 +113,4 @@ def test_notebook_executes(name, kernel_env):
         nbformat.write(nb, executed / name)
     seconds = time.perf_counter() - started
     print(f"\n{name}: {seconds:.1f} s")
-    images = sum(1 for cell in nb.cells if cell.cell_type == "code"
-                 for out in cell.get("outputs", []) if "image/png" in out.get("data", {}))
-    assert images >= 1, f"{name} drew no figure"
+    assert figures_in(nb) >= 1, f"{name} drew no figure"

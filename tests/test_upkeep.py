@@ -10,7 +10,7 @@ import pytest
 
 from stlake.cli import main
 from stlake.derived import pairs as pairs_mod
-from stlake.lake import lineage, tables, upkeep
+from stlake.lake import lineage, storage, tables, upkeep
 from stlake.testing import lake as tl
 
 SLIDES = [tl.FakeSlide("u0", 0, base_spots=20), tl.FakeSlide("u1", 1, base_spots=15)]
@@ -185,3 +185,18 @@ def test_a_partial_pairs_build_keeps_the_old_record_while_other_slides_are_stale
     pairs_mod.build_pairs(spark, lake, run_id="p2", slide_ids=["u0"])
     assert pairs_mod.recorded_sources(lake) == recorded  # u1 is still stale: the old record stays
     assert pairs_mod.stale_slides(lake) == {"u0", "u1"}  # (u0 is rebuilt again next time: conservative)
+
+
+def test_vacuum_optimize_and_history_on_s3(s3_env):
+    lake = "s3://lake/upkeep"
+    tl.write_sources(lake, SLIDES, run_id="r1")
+    split_slide(lake, replace(SLIDES[0], variant=3), 3, "r2")
+    fs, root = storage.filesystem(tables.table_uri(lake, "spots"))
+    on_s3 = ds.dataset(root, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    assert on_s3.count_rows() == 20 + 23 + 15 and delta_rows(lake, "spots") == 23 + 15
+    assert upkeep.optimize_lake(lake, ["u0"])[1].files_after == 1
+    assert sorted(v.table for v in upkeep.vacuum_lake(lake, 0, force=True) if v.files) == ["spots"]
+    on_s3 = ds.dataset(root, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    assert on_s3.count_rows() == delta_rows(lake, "spots") == 23 + 15
+    assert [h.stlake_operation for h in upkeep.table_history(lake, "spots")] == [
+        "ingest", "ingest", "optimize", "vacuum", "vacuum"]

@@ -71,7 +71,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"{name}:")
         print(f"  {'version':>7s}  {'time (UTC)':19s}  {'operation':16s}  {'run id':32s}  {'files':>6s}  {'rows':>9s}")
         for info in table_history(args.lake, name, args.limit or None):
-            operation = info.stlake_operation or info.operation.lower()
+            vacuum = info.operation.startswith("VACUUM")  # two commits: VACUUM START, VACUUM END
+            operation = info.operation.lower() if vacuum or not info.stlake_operation else info.stlake_operation
             print(f"  {info.version:7d}  {info.time:%Y-%m-%d %H:%M:%S}  {operation:16s}  {info.run_id or '-':32s}  "
                   f"{info.files:6d}  {info.rows:9d}")
     return 0
