@@ -142,7 +142,7 @@ def test_history_lists_versions_runs_operations_and_rows(tmp_path, capsys):
     assert all(f"{name}:" in out for name in ("genes", "spots", "slides"))
 
 
-def test_pairs_rebuild_only_changed_slides_and_the_stream_warns_when_stale(spark, tmp_path, caplog):
+def test_pairs_rebuild_only_changed_slides_and_the_stream_warns_when_stale(spark, tmp_path, caplog, capsys):
     from stlake.stream import StreamSpec
     from stlake.stream.reader import check_pairs_fresh
     lake = str(tmp_path / "lake")
@@ -153,6 +153,8 @@ def test_pairs_rebuild_only_changed_slides_and_the_stream_warns_when_stale(spark
     first = upkeep.slide_files(tables.open_table(lake, "pairs"))
     version = tables.open_table(lake, "pairs").version()
     assert pairs_mod.build_pairs(spark, lake, incremental=True) == version  # nothing changed: no commit
+    assert main(["pairs", "--lake", lake]) == 0  # decided before Spark
+    assert capsys.readouterr().out.strip() == f"pairs: version {version}, up to date (no slide's rows changed)"
 
     upkeep.optimize_lake(lake, target_bytes=1)  # commits that change no rows do not make pairs stale
     tl.write_sources(lake, [replace(SLIDES[0], variant=2)], run_id="r2")

@@ -119,19 +119,26 @@ def build_pairs(spark: SparkSession, lake: str, run_id: Optional[str] = None,
     given slides are. ``incremental`` (with ``slide_ids=None``) rebuilds only the slides whose rows
     changed since the last build, and commits nothing when none did.
     """
-    if incremental and slide_ids is None and tables.open_table(lake, "pairs") is not None:
-        stale = stale_slides(lake)
-        if stale is not None:
-            if not stale:
-                return _pairs_version(lake)
-            slide_ids = sorted(stale)
+    if incremental and slide_ids is None:
+        slide_ids = incremental_plan(lake)
+        if slide_ids == []:
+            return pairs_version(lake)
     return _write_pairs(spark, lake, run_id or tables.new_run_id("pairs"), slide_ids)
 
 
-def _pairs_version(lake: str) -> int:
+def incremental_plan(lake: str) -> Optional[list[str]]:
+    """The slides an incremental build rebuilds (empty: ``pairs`` is up to date); None: all of them."""
+    if tables.open_table(lake, "pairs") is None:
+        return None
+    stale = stale_slides(lake)
+    return None if stale is None else sorted(stale)
+
+
+def pairs_version(lake: str) -> int:
     """The current version of ``pairs`` (which exists)."""
     table = tables.open_table(lake, "pairs")
-    assert table is not None
+    if table is None:
+        raise missing_table_error(lake, "pairs")
     return table.version()
 
 

@@ -83,12 +83,18 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    """``stlake pairs``: (re)build the pairs table with Spark; print its version."""
-    from stlake.derived.pairs import build_pairs
+    """``stlake pairs``: (re)build the pairs table with Spark (only changed slides); print its version."""
+    from stlake.derived.pairs import build_pairs, incremental_plan, pairs_version
     from stlake.spark import spark_session
-    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=args.slide_ids,
-                          incremental=not args.full)
-    print(f"pairs: version {version}")
+    slide_ids = args.slide_ids
+    if not args.full and slide_ids is None:
+        slide_ids = incremental_plan(args.lake)  # decided before Spark starts
+        if slide_ids == []:
+            print(f"pairs: version {pairs_version(args.lake)}, up to date (no slide's rows changed)")
+            return 0
+    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=slide_ids)
+    rebuilt = "every slide" if slide_ids is None else f"{len(slide_ids)} slides"
+    print(f"pairs: version {version} ({rebuilt} rebuilt)")
     return 0
 
 
