@@ -11,7 +11,13 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         # pyspark 4.0.x still accepts pyarrow 14; 4.1+ needs pyarrow >= 18 (see README "Pins").
-        "pyspark>=4.0,<4.1",
+        # [connect]: the Spark Connect client (--remote / SPARK_REMOTE); grpcio-status 1.71 is the last
+        # on protobuf 5, which pyspark 4.0's generated Connect protos (protobuf 5.28) are made for.
+        "pyspark[connect]>=4.0,<4.1",
+        "grpcio==1.71.0",
+        "grpcio-status==1.71.0",
+        "protobuf>=5.28.3,<6",
+        "googleapis-common-protos>=1.65,<2",
         # petastorm 0.13.1 imports only with pyarrow <= 14.0.2; deltalake 1.6 needs >= 14.
         "pyarrow==14.0.2",
         "numpy>=1.26,<2",

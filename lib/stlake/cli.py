@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import layout_names
@@ -16,6 +16,9 @@ from stlake.lake.cli import register as register_upkeep_commands
 from stlake.qc.cli import register as register_qc_command
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 #: ``stlake ingest`` exit codes besides 0 (the report printed; some entries may have been rejected).
 EXIT_COMMIT_FAILED = 2  # a table commit failed; the message says whether a re-run can help
@@ -63,13 +66,32 @@ def _flag_arguments(field: dataclasses.Field, hint: Any) -> tuple[str, dict[str,
     return flag, kwargs
 
 
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--master`` (a classic session) and ``--remote`` (Spark Connect), one or the other."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--master", help="Spark master of a classic session (default: spark-submit's, else "
+                                        "$STLAKE_SPARK_MASTER, else local[*])")
+    group.add_argument("--remote", help="Spark Connect server, sc://host:port, or local[N] to start one here "
+                                        "(default: $SPARK_REMOTE)")
+
+
+def session_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
+    """The session that ``--master`` / ``--remote`` ask for; a conflict with ``$SPARK_REMOTE`` ends in one line."""
+    from stlake.spark import spark_session
+    try:
+        return spark_session(app_name, master=args.master, remote=args.remote)
+    except ValueError as error:
+        print(f"stlake: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`IngestOptions` field, plus ``--master``."""
+    """One flag per :class:`IngestOptions` field, plus ``--master`` / ``--remote``."""
     hints = get_type_hints(IngestOptions)
     for field in dataclasses.fields(IngestOptions):
         flag, kwargs = _flag_arguments(field, hints[field.name])
         parser.add_argument(flag, **kwargs)
-    parser.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
+    add_session_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> IngestOptions:
@@ -89,13 +111,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from stlake.ingestion.discover import no_slides_message
     from stlake.ingestion.driver import CommitFailed, ingest, prepare_run
     from stlake.ingestion.records import RunError
-    from stlake.spark import spark_session
     options = options_from_args(args)
     try:
         found = prepare_run(options)
         if found.empty:
             return fail(no_slides_message(found.source), EXIT_NO_SLIDES)
-        report = ingest(spark_session("stlake-ingest", args.master), options, found=found)
+        report = ingest(session_from_args(args, "stlake-ingest"), options, found=found)
     except RunError as error:
         return fail(str(error), EXIT_RUN_ERROR)
     except CommitFailed as error:
@@ -112,9 +133,8 @@ def fail(message: str, code: int) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """``stlake sql``: show the first rows of a Spark SQL query over the lake's views."""
-    from stlake.spark import spark_session
     from stlake.sql import run_sql
-    frame = run_sql(spark_session("stlake-sql", args.master), args.lake, args.query)
+    frame = run_sql(session_from_args(args, "stlake-sql"), args.lake, args.query)
     frame.show(args.limit, truncate=args.truncate)
     return 0
 
@@ -155,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--lake", default="./lake")
     sql.add_argument("--limit", type=int, default=20)
     sql.add_argument("--truncate", type=int, default=60)
-    sql.add_argument("--master")
+    add_session_arguments(sql)
     sql.set_defaults(run=cmd_sql)
     tbl = sub.add_parser("tables", help="list the lake's tables, versions and row counts")
     tbl.add_argument("--lake", default="./lake")

@@ -1,5 +1,10 @@
 """One way to get a SparkSession: ``local[*]`` by default, whatever spark-submit set otherwise.
 
+Spark's conventions choose the kind of session: ``remote`` (``--remote sc://host:port``, or
+``$SPARK_REMOTE``) gives a Spark Connect session, ``master`` (``--master``) a classic one. stlake's
+jobs use only what Spark Connect supports (DataFrames, ``mapInArrow``, SQL); the few helpers below that
+look at the driver's JVM do so only in a classic session (:func:`is_connect`).
+
 Tasks are retried on every master: a crashed Python worker fails one attempt of its task, not the job.
 """
 from __future__ import annotations
@@ -7,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterable
-from typing import Optional
+from typing import Optional, cast
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -27,6 +33,7 @@ LOCAL_DEFAULTS = {
 #: Attempts per task (Spark's cluster default); a local master gets it as its failure count.
 TASK_ATTEMPTS = 4
 DEFAULT_MASTER = "local[*]"
+_JAVA_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*")  # what has_jvm_class looks up
 #: Spark's local masters: ``local``, ``local[N]``, ``local[*]``, ``local[N,F]`` (F: attempts per task).
 _LOCAL_MASTER = re.compile(r"local(?:\[(?P<threads>\*|\d+)(?:\s*,\s*(?P<attempts>\d+))?\])?")
 
@@ -70,16 +77,34 @@ def submitted_conf() -> dict[str, str]:
     return dict(SparkConf().getAll())
 
 
-def spark_session(app_name: str = "stlake", master: Optional[str] = None,
-                  conf: Optional[dict[str, str]] = None) -> SparkSession:
-    """The active session, or a new one: ``master`` > spark-submit's master > ``$STLAKE_SPARK_MASTER`` > local[*].
+def choose_remote(master: Optional[str], remote: Optional[str]) -> Optional[str]:
+    """The Spark Connect URL to use, or None for a classic session: ``remote`` > ``$SPARK_REMOTE``.
 
-    Every master retries tasks (:data:`TASK_ATTEMPTS` attempts): a local master without a failure count
-    gets one (:func:`with_task_retries`), others ``spark.task.maxFailures`` unless ``conf`` or spark-submit
-    set it (:func:`task_retry_conf`).
+    ``ValueError`` when both a master and a remote are asked for (as pyspark refuses them together).
+    """
+    remote = remote or os.environ.get("SPARK_REMOTE") or None
+    if master and remote:
+        raise ValueError(f"both a Spark master ({master}) and a Spark Connect remote ({remote}, --remote or "
+                         "SPARK_REMOTE) are set: choose one")
+    return remote
+
+
+def spark_session(app_name: str = "stlake", master: Optional[str] = None,
+                  conf: Optional[dict[str, str]] = None, remote: Optional[str] = None) -> SparkSession:
+    """The active session, or a new one.
+
+    ``remote`` or ``$SPARK_REMOTE`` (``sc://host:port``, or ``local[N]`` for a local Connect server):
+    a Spark Connect session (:func:`connect_session`). Otherwise a classic one on ``master`` >
+    spark-submit's master > ``$STLAKE_SPARK_MASTER`` > local[*]. Every master retries tasks
+    (:data:`TASK_ATTEMPTS` attempts): a local master without a failure count gets one
+    (:func:`with_task_retries`), others ``spark.task.maxFailures`` unless ``conf`` or spark-submit set
+    it (:func:`task_retry_conf`).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    remote = choose_remote(master, remote)
+    if remote:
+        return connect_session(app_name, remote, conf)
     submitted = submitted_conf()
     chosen = choose_master(master, submitted.get("spark.master"))
     builder = SparkSession.builder.appName(app_name)
@@ -96,10 +121,58 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
     return session
 
 
+def connect_session(app_name: str, remote: str, conf: Optional[dict[str, str]] = None) -> SparkSession:
+    """A Spark Connect session: to a server at ``sc://host:port``, or a local one started here (``local[N]``).
+
+    A local server gets every setting (and a task failure count, as local masters do). A remote server
+    owns its configuration: only runtime SQL settings (``spark.sql.*``) are set from here, and its
+    Python workers run in the server's environment (S3 settings, ``PYSPARK_PYTHON``), not this process's.
+    """
+    settings = {**LOCAL_DEFAULTS, **(conf or {})}
+    if is_local_master(remote):
+        builder = SparkSession.builder.remote(with_task_retries(remote)).appName(app_name)
+        local = {"spark.driver.memory": os.environ.get("STLAKE_DRIVER_MEMORY", "4g"),
+                 "spark.ui.enabled": os.environ.get("STLAKE_SPARK_UI", "false"), **settings}
+        for key, value in local.items():
+            builder = builder.config(key, value)
+        with warnings.catch_warnings():  # pyspark re-applies the server's static settings to the session, and warns
+            warnings.filterwarnings("ignore", "Failed to set spark", UserWarning)
+            return builder.getOrCreate()
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+    # What pyspark's own builder does for a remote: pyspark.sql.functions follow this process-wide switch.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    remote_builder = ConnectSession.builder.remote(remote)
+    for key, value in settings.items():
+        if key.startswith("spark.sql."):  # runtime settings; the rest is the server's
+            remote_builder = remote_builder.config(key, value)
+    session = remote_builder.getOrCreate()
+    return cast(SparkSession, session)
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session (no ``sparkContext``, no JVM on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """How many tasks the cluster runs at once (``defaultParallelism``; over Spark Connect, measured by a range)."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    from pyspark.sql import functions as F
+    # spark.range without a partition count is split into defaultParallelism partitions (all non-empty).
+    parts = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()
+    return int(parts[0]) + 1 if parts and parts[0] is not None else 1
+
+
 def has_jvm_class(spark: SparkSession, class_name: str) -> bool:
-    """True when ``class_name`` is on the driver's classpath (classic Spark; False on Spark Connect)."""
+    """True when ``class_name`` is on Spark's classpath: the driver's JVM, or over Spark Connect the server's."""
+    if not _JAVA_NAME.fullmatch(class_name):
+        raise ValueError(f"not a Java class name: {class_name!r}")
     try:
-        jvm = spark.sparkContext._jvm  # Spark Connect has no SparkContext: raises
+        if is_connect(spark):  # the server looks the class up (try_reflect: null when it is not found)
+            found = spark.sql(f"SELECT try_reflect('java.lang.Class', 'forName', '{class_name}') AS c").first()
+            return bool(found and found[0])
+        jvm = spark.sparkContext._jvm
         if jvm is None:
             return False
         jvm.java.lang.Class.forName(class_name)
@@ -120,15 +193,21 @@ def has_s3a(spark: SparkSession) -> bool:
 
 def is_local(spark: SparkSession) -> bool:
     """True when the executors run on this machine (a ``local[...]`` master)."""
-    return (spark.sparkContext.master or "").startswith("local")
+    try:
+        return (spark.conf.get("spark.master", None) or "").startswith("local")
+    except Exception:  # a Connect server may refuse to tell: treat it as remote
+        return False
 
 
 def forward_storage_environment(spark: SparkSession) -> None:
     """Give Python tasks started from now on the driver's current S3 settings (env of the AWS chain).
 
     Credentials go only to local executors (same machine, same user); cluster executors use their own
-    AWS chain (instance profile / job role), so keys never travel in task definitions.
+    AWS chain (instance profile / job role), so keys never travel in task definitions. Over Spark
+    Connect nothing is forwarded: the server's Python workers have the server's environment.
     """
+    if is_connect(spark):
+        return
     names = STORAGE_SETTINGS + (LOCAL_CREDENTIALS if is_local(spark) else ())
     environment = spark.sparkContext.environment
     for name in names:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -27,7 +28,8 @@ from stlake.ingestion.readers.common import preview
 from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
 from stlake.ingestion.units import UnitResult, run_unit
 from stlake.lake import genes, schemas, storage, tables
-from stlake.spark import forward_storage_environment
+from stlake.spark import default_parallelism, forward_storage_environment
+from stlake.tasks import run_each
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +107,14 @@ class IngestReport:
 
 def plan_slides(spark: SparkSession, refs: list[SlideRef], options: IngestOptions) -> list[SlidePlan]:
     """Stage 1: one task per slide."""
-    if not refs:
-        return []
-    rdd = spark.sparkContext.parallelize(refs, len(refs))
-    return rdd.map(lambda ref: plan_slide(ref, options)).collect()
+    return run_each(spark, refs, partial(plan_slide, options=options))
 
 
 def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: str) -> list[UnitResult]:
     """Stage 2: one task per unit (tile regions and expression chunks of every slide)."""
-    fill_cores(plans, spark.sparkContext.defaultParallelism)
+    fill_cores(plans, default_parallelism(spark))
     units = [unit for plan in plans if plan.error is None for unit in plan.units]
-    if not units:
-        return []
-    rdd = spark.sparkContext.parallelize(units, len(units))
-    return rdd.map(lambda unit: run_unit(unit, lake, run_id)).collect()
+    return run_each(spark, units, partial(run_unit, lake=lake, run_id=run_id))
 
 
 # ---------------------------------------------------------------- judging slides

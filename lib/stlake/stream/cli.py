@@ -84,15 +84,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def cmd_pairs(args: argparse.Namespace) -> int:
     """``stlake pairs``: (re)build the pairs table with Spark (only changed slides); print its version."""
+    from stlake.cli import session_from_args
     from stlake.derived.pairs import build_pairs, incremental_plan, pairs_version
-    from stlake.spark import spark_session
     slide_ids = args.slide_ids
     if not args.full and slide_ids is None:
         slide_ids = incremental_plan(args.lake)  # decided before Spark starts
         if slide_ids == []:
             print(f"pairs: version {pairs_version(args.lake)}, up to date (no slide's rows changed)")
             return 0
-    version = build_pairs(spark_session("stlake-pairs", args.master), args.lake, slide_ids=slide_ids)
+    version = build_pairs(session_from_args(args, "stlake-pairs"), args.lake, slide_ids=slide_ids)
     rebuilt = "every slide" if slide_ids is None else f"{len(slide_ids)} slides"
     print(f"pairs: version {version} ({rebuilt} rebuilt)")
     return 0
@@ -100,10 +100,10 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_hvg(args: argparse.Namespace) -> int:
     """``stlake hvg``: compute and store an HVG panel with Spark; print its top genes."""
+    from stlake.cli import session_from_args
     from stlake.derived.hvg import compute_hvg
-    from stlake.spark import spark_session
     try:
-        rows = compute_hvg(spark_session("stlake-hvg", args.master), args.lake, k=args.k, name=args.name,
+        rows = compute_hvg(session_from_args(args, "stlake-hvg"), args.lake, k=args.k, name=args.name,
                            min_spots=args.min_spots)
     except ValueError as error:  # a bad --name or run id: one line, no traceback
         print(f"stlake hvg: {error}", file=sys.stderr)
@@ -118,6 +118,7 @@ def cmd_hvg(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``stream``, ``pairs`` and ``hvg`` to the ``stlake`` command line."""
+    from stlake.cli import add_session_arguments  # stlake.cli is loaded: it calls this
     stream = sub.add_parser("stream", help="stream batches from the lake (Petastorm -> torch) and time them")
     add_stream_arguments(stream)
     stream.add_argument("--batches", type=int, default=5, help="stop after this many batches (0 = all)")
@@ -127,12 +128,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pairs.add_argument("--slide", dest="slide_ids", action="append", help="rebuild only these slides")
     pairs.add_argument("--full", action="store_true",
                        help="rebuild every slide (default: only slides whose rows changed since the last build)")
-    pairs.add_argument("--master")
+    add_session_arguments(pairs)
     pairs.set_defaults(run=cmd_pairs)
     hvg = sub.add_parser("hvg", help="top-k highly variable genes per species -> gene_panels (Spark)")
     hvg.add_argument("--lake", default="./lake")
     hvg.add_argument("--k", type=int, default=256)
     hvg.add_argument("--name", help="panel name (default hvg{k})")
     hvg.add_argument("--min-spots", type=int, default=3)
-    hvg.add_argument("--master")
+    add_session_arguments(hvg)
     hvg.set_defaults(run=cmd_hvg)
