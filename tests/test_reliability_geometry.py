@@ -309,7 +309,7 @@ def tile_unit(tiff_slide: dict, budget: int, size: int = 160) -> plan.TileUnit:
     truth = tiff_slide["truth"]
     spots = make_spots(truth.spot_id, truth.x.astype(float), truth.y.astype(float))
     spec = tiling.TileSpec(size_px=size, encoding="png")
-    return plan.TileUnit("budget_1", "Visium", truth.image_path, spots, spec, budget, None, 0)
+    return plan.TileUnit("budget_1", "Visium", truth.image_path, spots, spec, budget, (), 0)
 
 
 def test_a_tile_unit_holds_at_most_its_budget(tiff_slide, tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -63,23 +64,25 @@ def synthetic_pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
     return images, expression, classes, intensity
 
 
-def as_batches(images: torch.Tensor, expression: torch.Tensor, slide: str, batch_size: int = BATCH) -> list[dict]:
-    """Stream-reader-shaped batches."""
+def as_batches(images: torch.Tensor, expression: torch.Tensor, slide: str, batch_size: int = BATCH,
+               classes: Optional[torch.Tensor] = None) -> list[dict]:
+    """Stream-reader-shaped batches (labels ``class {c}`` of ``classes``, else none)."""
     out = []
     for start in range(0, len(images), batch_size):
         n = len(images[start:start + batch_size])
+        labels = [None] * n if classes is None else [f"class {int(c)}" for c in classes[start:start + batch_size]]
         out.append({"image": images[start:start + batch_size], "expression": expression[start:start + batch_size],
                     "slide_id": [slide] * n, "spot_id": [f"{slide}-{start + i}" for i in range(n)],
-                    "label": [None] * n})
+                    "label": labels})
     return out
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    train_images, train_expr, _, _ = synthetic_pairs(768, seed=0)
-    test_images, test_expr, _, _ = synthetic_pairs(256, seed=1)
-    return {"train": as_batches(train_images, train_expr, "train-slide"),
-            "holdout": as_batches(test_images, test_expr, "holdout-slide")}
+    train_images, train_expr, train_classes, _ = synthetic_pairs(768, seed=0)
+    test_images, test_expr, test_classes, _ = synthetic_pairs(256, seed=1)
+    return {"train": as_batches(train_images, train_expr, "train-slide", classes=train_classes),
+            "holdout": as_batches(test_images, test_expr, "holdout-slide", classes=test_classes)}
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +160,14 @@ def test_trained_model_retrieves_and_probes_held_out_pairs(trained, data):
                        gene_names=[f"G{i}" for i in range(N_GENES)])
     n = metrics["n_holdout"]
     print(f"\nheld-out: recall@1/5/10 {metrics['recall@1']:.3f}/{metrics['recall@5']:.3f}/{metrics['recall@10']:.3f}"
-          f" (chance {1 / n:.3f}/{5 / n:.3f}/{10 / n:.3f}), probe mean r {metrics['pearson_mean']:.3f}")
+          f" (chance {1 / n:.3f}/{5 / n:.3f}/{10 / n:.3f}), probe mean r {metrics['pearson_mean']:.3f}, label probe "
+          f"accuracy {metrics['label_accuracy']:.3f} (majority {metrics['label_majority_baseline']:.3f})")
     assert n == 256 and metrics["n_train"] == 768
     assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"]
     assert metrics["recall@10"] > 5 * 10 / n  # chance is 10/256
     assert metrics["pearson_mean"] > 0.6
+    assert metrics["n_label_classes"] == N_CLASSES and metrics["n_labelled_holdout"] == n
+    assert metrics["label_accuracy"] > 3 * metrics["label_majority_baseline"]  # 8 classes: majority ~1/8
     assert set(metrics["pearson_per_gene"]) == {f"G{i}" for i in range(N_GENES)}
 
 

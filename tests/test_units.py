@@ -8,7 +8,7 @@ from stlake.ingestion import matrices, plan, tiling, units
 from stlake.ingestion.images import ImageInfo
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers.common import make_spots
-from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
+from stlake.ingestion.records import ExpressionSource, LabelSet, SlideError, SlideRecord, SlideRef
 from stlake.lake import genes
 
 
@@ -72,8 +72,10 @@ def labelled_tile_unit(tmp_path) -> plan.TileUnit:
     cv2.imwrite(str(image), np.full((100, 120, 3), 255, np.uint8))
     spots = make_spots(np.array(["a", "b", "c"], dtype=object), np.array([20.0, 50.0, 80.0]), np.full(3, 40.0),
                        label=np.array(["tumor", None, "stroma"], dtype=object))
+    spots.annotations = np.array([["Tumor"], [None], ["stroma"]], dtype=object)
+    label_set = LabelSet("anno", "anno.csv", {"Tumor": "tumor", "stroma": "stroma"})
     spec = tiling.TileSpec(size_px=16, resize_px=None, border="pad", encoding="jpeg", quality=90)
-    return plan.TileUnit("slide", "Visium", str(image), spots, spec, 1 << 30, "anno.csv", 0)
+    return plan.TileUnit("slide", "Visium", str(image), spots, spec, 1 << 30, (label_set,), 0)
 
 
 def test_a_unit_that_fails_partway_leaves_no_files(tmp_path, monkeypatch):
@@ -124,7 +126,7 @@ def textured_tile_unit(tmp_path, budget: int, n: int = 60, size: int = 64) -> pl
     spots = make_spots(np.array([f"s{i}" for i in range(n)], dtype=object), rng.uniform(0, 400, n),
                        rng.uniform(0, 300, n))
     return plan.TileUnit("slide", "Visium", str(image), spots, tiling.TileSpec(size_px=size, encoding="png"),
-                         budget, None, 0)
+                         budget, (), 0)
 
 
 def test_a_tile_unit_writes_batches_within_its_budget(tmp_path):

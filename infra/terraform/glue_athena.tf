@@ -73,6 +73,8 @@ locals {
     annotations = [
       ["slide_id", "string"],
       ["spot_id", "string"],
+      ["set", "string"],
+      ["raw_label", "string"],
       ["label", "string"],
       ["source_uri", "string"],
       ["run_id", "string"],
@@ -100,6 +102,8 @@ locals {
       ["gene_ids", "array<bigint>"],
       ["counts", "array<int>"],
       ["total_counts", "bigint"],
+      ["label_sets", "array<string>"],
+      ["set_labels", "array<string>"],
     ]
     gene_panels = [
       ["panel", "string"],

@@ -26,10 +26,11 @@ def show_sql(lake: str) -> None:
     if biggest is None:
         raise ValueError(f"no slides in {lake}: ingest some first")
     slide = biggest[0]
-    label = spark.sql("SELECT label FROM annotations GROUP BY label ORDER BY COUNT(*) DESC LIMIT 1").first()
+    label = spark.sql(queries.LABEL_COUNTS).first()
     shown = [("Spots per tissue and technology", queries.SPOTS_PER_TISSUE_AND_TECHNOLOGY),
              (f"Top genes of slide {slide}", queries.TOP_GENES_OF_SLIDE.format(slide_id=slide, limit=10)),
-             ("Annotation labels", queries.LABEL_COUNTS),
+             ("Annotation labels (spots.label)", queries.LABEL_COUNTS),
+             ("Labels per cohort and annotation set", queries.LABEL_COUNTS_PER_COHORT),
              ("What was rejected, and why", queries.REJECTS)]
     if label:
         shown.insert(2, (f"Tiles labelled '{label[0]}'", queries.TILES_OF_LABEL.format(label=label[0], limit=5)))

@@ -1,6 +1,7 @@
-"""The ``pairs`` table: each spot's tile joined with its expression and its slide's species/tissue.
+"""The ``pairs`` table: each spot's tile joined with its expression, its slide's species/tissue, its labels.
 
-Joined once by a small Spark job (``spots ⋈ expression ⋈ slides`` on ``(slide_id, spot_id)``), so the
+Joined once by a small Spark job (``spots ⋈ expression ⋈ slides`` on ``(slide_id, spot_id)``, with the
+spot's labels of every annotation set from ``annotations`` as two parallel lists), so the
 training stream reads one table and never joins per batch. Written with
 :func:`stlake.sql.writer.write_dataframe`, which puts one slide in every file (as in every stlake
 table) and removes the rebuilt slides' previous rows in the same commit — re-running never duplicates.
@@ -48,7 +49,31 @@ def pairs_frame(spark: SparkSession, lake: str, slide_ids: Optional[Sequence[str
         parts = [p.where(F.col("slide_id").isin(list(slide_ids))) for p in parts]
     spots, expression, slides = parts
     joined = spots.join(expression, ["slide_id", "spot_id"]).join(F.broadcast(slides), "slide_id")
+    sets = label_sets_frame(spark, lake, slide_ids)
+    if sets is not None:
+        joined = joined.join(sets, ["slide_id", "spot_id"], "left")
+    else:
+        joined = joined.withColumn("label_sets", F.lit(None).cast("array<string>")) \
+            .withColumn("set_labels", F.lit(None).cast("array<string>"))
     return joined.select(*schemas.PAIRS.names)
+
+
+def label_sets_frame(spark: SparkSession, lake: str, slide_ids: Optional[Sequence[str]] = None
+                     ) -> Optional[DataFrame]:
+    """Per labelled spot: its sets' names (sorted) and their normalised labels; None without ``annotations``."""
+    from pyspark.sql import functions as F
+
+    from stlake.lake import tables
+    from stlake.sql import read_table
+    if tables.open_table(lake, "annotations") is None:
+        return None
+    rows = read_table(spark, lake, "annotations").select("slide_id", "spot_id", "set", "label")
+    if slide_ids is not None:
+        rows = rows.where(F.col("slide_id").isin(list(slide_ids)))
+    grouped = rows.groupBy("slide_id", "spot_id").agg(
+        F.sort_array(F.collect_list(F.struct("set", "label"))).alias("sets"))
+    return grouped.select("slide_id", "spot_id", F.col("sets.set").alias("label_sets"),
+                          F.col("sets.label").alias("set_labels"))
 
 
 def empty_frame(spark: SparkSession) -> DataFrame:

@@ -6,7 +6,8 @@ manifest. Everything goes through :mod:`stlake.lake.storage`, so ``s3://`` roots
 Scanning (depth <= 4 below the root) asks each registered layout (:data:`stlake.ingestion.readers.LAYOUTS`,
 in registry order) whether a folder is one of its slides (or, for a release, holds them); the first
 that says yes wins and the folder is not descended into. Manifest entries name their layout; the
-layout completes the entry's paths from its ``path`` (root) and explicit role columns.
+layout completes the entry's paths from its ``path`` (root) and explicit role columns. The ``annotation``
+column may name several files separated by ``;`` (one annotation set each, or more for a Loupe export).
 
 Every entry (a manifest row, or a slide a scanned folder is or holds) is judged on its own: a bad one
 becomes an :class:`~stlake.ingestion.records.EntryRejection` (a ``rejects`` row of stage ``discover``)
@@ -47,6 +48,7 @@ from typing import Any, Optional
 import yaml
 
 from stlake.ingestion.readers import LAYOUTS, get_layout, layout_names, roles, technologies
+from stlake.ingestion.readers.labels import ANNOTATION_ROLE, PATH_SEPARATOR, annotation_roles
 from stlake.ingestion.records import EntryRejection, Rejection, RunError, SlideError, SlideRef, SourceNotFound
 from stlake.lake import storage
 from stlake.lake.tables import is_safe_name
@@ -383,7 +385,9 @@ def _row_layout(row: dict[str, str]) -> str:
 
 def _row_paths(row: dict[str, str], base: str, cache: dict[str, Any]) -> dict[str, str]:
     """The entry's ``root`` and explicit role paths; ``SlideError`` when it has none or they cannot be reached."""
-    paths = {role: storage.resolve(base, row[role]) for role in roles() if row.get(role)}
+    paths = {role: storage.resolve(base, row[role]) for role in roles() if row.get(role) and role != ANNOTATION_ROLE}
+    paths.update(annotation_roles([storage.resolve(base, p.strip())
+                                   for p in row.get(ANNOTATION_ROLE, "").split(PATH_SEPARATOR) if p.strip()]))
     if row.get("path"):
         paths["root"] = storage.resolve(base, row["path"])
     if not paths:

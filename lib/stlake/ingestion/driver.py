@@ -25,6 +25,7 @@ from stlake.ingestion.discover import Discovery, find_slides, no_slides_message
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
 from stlake.ingestion.readers.common import preview
+from stlake.ingestion.readers.labels import check_label_map
 from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
 from stlake.ingestion.units import UnitResult, run_unit
 from stlake.lake import genes, schemas, storage, tables
@@ -315,8 +316,9 @@ def check_lake(lake: str) -> None:
 
 
 def prepare_run(options: IngestOptions) -> Discovery:
-    """What a run checks before any Spark work: the lake path, then discovery; ``RunError`` when it cannot go on."""
+    """What a run checks before any Spark work (lake path, label map, discovery); ``RunError`` when it cannot go on."""
     check_lake(options.lake)
+    check_label_map(options.label_map)
     return find_slides(options.source, options.layouts)
 
 

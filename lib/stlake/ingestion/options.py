@@ -11,6 +11,8 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 Border = Literal["pad", "drop"]
 #: How tiles are stored in ``spots.tile``.
 TileEncoding = Literal["jpeg", "png"]
+#: Labels a ``--label-map`` does not name: kept (normalised), or dropped and reported (``strict``).
+LabelMapMode = Literal["keep", "strict"]
 #: VisiumHD bin sizes in µm (Space Ranger's ``binned_outputs/square_{002,008,016}um``).
 BinSize = Literal[2, 8, 16]
 
@@ -45,3 +47,9 @@ class IngestOptions:
     in_tissue_only: bool = option(True, "keep spots outside the tissue too", flag="--all-spots", kind="negated")
     layouts: Optional[tuple[str, ...]] = option(None, "only these layouts when scanning (repeatable)",
                                                 flag="--layout")
+    label_set: Optional[str] = option(None, "annotation set whose labels go into spots.label (default: a slide's "
+                                            "first set)")
+    label_map: Optional[str] = option(None, "CSV with columns raw,label mapping raw annotation labels of different "
+                                            "cohorts onto one vocabulary")
+    label_map_mode: LabelMapMode = option("keep", "labels the --label-map does not name: keep them (normalised), or "
+                                                  "give them no label and report them (strict)")

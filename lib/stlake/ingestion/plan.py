@@ -20,7 +20,16 @@ from scipy.spatial import cKDTree
 from stlake.ingestion import images, matrices, tiling
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import ReaderOptions, read_slide
-from stlake.ingestion.records import ExpressionSource, Rejection, Remark, SlideError, SlideRecord, SlideRef, Spots
+from stlake.ingestion.records import (
+    ExpressionSource,
+    LabelSet,
+    Rejection,
+    Remark,
+    SlideError,
+    SlideRecord,
+    SlideRef,
+    Spots,
+)
 from stlake.lake import genes
 
 #: A spot diameter below this many pixels of the tiled image cannot be a spot (tiles of 1 px).
@@ -45,7 +54,7 @@ class TileUnit:
     spots: Spots
     spec: tiling.TileSpec
     budget: int
-    annotation_uri: Optional[str]
+    label_sets: tuple[LabelSet, ...]  # the columns of ``spots.annotations``
     index: int
 
 
@@ -162,9 +171,8 @@ def tile_units(record: SlideRecord, image: images.ImageInfo, size: int, options:
                                                  x=record.spots.x)
     else:
         groups = [np.arange(len(record.spots))]
-    annotation = record.ref.paths.get("annotation")
     return [TileUnit(record.ref.slide_id, record.ref.technology, record.image_uri, record.spots.take(group),
-                     spec, options.memory_budget, annotation, index)
+                     spec, options.memory_budget, tuple(record.label_sets), index)
             for index, group in enumerate(groups) if len(group)]
 
 
@@ -257,7 +265,9 @@ def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
     result = SlidePlan(ref=ref)
     try:
         record = read_slide(ref, ReaderOptions(in_tissue_only=options.in_tissue_only,
-                                               bin_size_um=options.bin_size_um))
+                                               bin_size_um=options.bin_size_um, label_set=options.label_set,
+                                               label_map=options.label_map,
+                                               strict_labels=options.label_map_mode == "strict"))
         if len(record.spots) == 0:
             raise SlideError("no_spots", "the slide has no (in-tissue) spots")
         image = images.probe_image(record.image_uri)

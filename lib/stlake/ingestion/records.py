@@ -9,7 +9,7 @@ import gzip
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -152,17 +152,39 @@ class Spots:
     in_tissue: np.ndarray  # bool
     array_row: np.ndarray  # int32, -1 when unknown
     array_col: np.ndarray  # int32, -1 when unknown
-    label: np.ndarray  # object array of str or None (pathologist annotation)
+    label: np.ndarray  # object array of str or None: the chosen annotation set's normalised label
+    #: raw labels, one column per annotation set (``SlideRecord.label_sets`` order), None where a spot has none
+    annotations: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.spot_id)
 
     def take(self, index: np.ndarray) -> Spots:
         """The spots at ``index`` (int positions or bool mask), same order."""
-        return Spots(*(getattr(self, name)[index] for name in SPOT_FIELDS))
+        taken: dict[str, Any] = {name: None if getattr(self, name) is None else getattr(self, name)[index]
+                                 for name in SPOT_FIELDS}
+        return Spots(**taken)
+
+    def label_columns(self) -> np.ndarray:
+        """``annotations`` as an (n, sets) object array (no column when there are no sets)."""
+        return np.empty((len(self), 0), dtype=object) if self.annotations is None else self.annotations
 
 
-SPOT_FIELDS = ("spot_id", "x", "y", "in_tissue", "array_row", "array_col", "label")
+SPOT_FIELDS = ("spot_id", "x", "y", "in_tissue", "array_row", "array_col", "label", "annotations")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """One annotation set of a slide: a file or an ``obs`` column of labels.
+
+    ``name`` is the set's name in ``annotations.set`` (see :mod:`stlake.ingestion.readers.labels`),
+    ``source_uri`` the file it came from, ``vocabulary`` maps each raw label of the set to its normalised
+    label (None: unknown under a strict label map, or mapped to nothing); it is filled by the planner.
+    """
+
+    name: str
+    source_uri: str
+    vocabulary: dict[str, Optional[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,3 +215,4 @@ class SlideRecord:
     coord_scale: float = 1.0  # factor applied to full-res coordinates (e.g. tissue_hires_scalef)
     image_source: str = "fullres"  # "fullres" or "hires"
     warnings: list[Remark] = field(default_factory=list)  # go to rejects as warnings
+    label_sets: list[LabelSet] = field(default_factory=list)  # columns of ``spots.annotations``, in order

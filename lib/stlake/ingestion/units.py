@@ -73,14 +73,19 @@ def spot_rows(unit: TileUnit, tiles: list[tiling.Tile], run_id: str) -> pa.Table
 
 
 def annotation_rows(unit: TileUnit, run_id: str) -> pa.Table:
-    """``annotations`` rows for the unit's labelled spots."""
-    labelled = np.array([label is not None for label in unit.spots.label], dtype=bool)
-    spots = unit.spots.take(labelled)
-    n = len(spots)
-    return pa.table({"slide_id": [unit.slide_id] * n, "spot_id": spots.spot_id.astype(str),
-                     "label": pa.array(list(spots.label), pa.string()),
-                     "source_uri": [unit.annotation_uri] * n, "run_id": [run_id] * n},
-                    schema=schemas.ANNOTATIONS)
+    """``annotations`` rows for the unit's labelled spots: one per spot and set that labels it."""
+    columns = unit.spots.label_columns()
+    parts = []
+    for j, label_set in enumerate(unit.label_sets or ()):
+        rows = np.flatnonzero(np.array([v is not None for v in columns[:, j]], dtype=bool))
+        raw = columns[rows, j].tolist()
+        n = len(rows)
+        parts.append(pa.table({
+            "slide_id": [unit.slide_id] * n, "spot_id": unit.spots.spot_id[rows].astype(str),
+            "set": [label_set.name] * n, "raw_label": pa.array(raw, pa.string()),
+            "label": pa.array([label_set.vocabulary.get(v) for v in raw], pa.string()),
+            "source_uri": [label_set.source_uri] * n, "run_id": [run_id] * n}, schema=schemas.ANNOTATIONS))
+    return pa.concat_tables(parts) if parts else schemas.ANNOTATIONS.empty_table()
 
 
 def run_tile_unit(unit: TileUnit, lake: str, run_id: str,

@@ -44,7 +44,7 @@ SPOTS = pa.schema([
     ("in_tissue", pa.bool_()),
     ("array_row", pa.int32()),
     ("array_col", pa.int32()),
-    ("label", pa.string()),  # pathologist annotation, null when none
+    ("label", pa.string()),  # the chosen annotation set's normalised label, null when none
     ("tile", pa.binary()),  # encoded image bytes (JPEG or PNG file content)
     ("tile_format", pa.string()),  # "jpeg" | "png"
     ("tile_width", pa.int32()),
@@ -79,7 +79,9 @@ GENES = pa.schema([
 ANNOTATIONS = pa.schema([
     ("slide_id", pa.string()),
     ("spot_id", pa.string()),
-    ("label", pa.string()),
+    ("set", pa.string()),  # the annotation set: a file's name (slide id left out), a Loupe category, an obs column
+    ("raw_label", pa.string()),  # the label as written
+    ("label", pa.string()),  # normalised (trimmed, case-folded, label map applied); null: unknown to a strict map
     ("source_uri", pa.string()),
     ("run_id", pa.string()),
 ])
@@ -108,6 +110,8 @@ PAIRS = pa.schema([
     ("gene_ids", pa.list_(pa.int64())),
     ("counts", pa.list_(pa.int32())),
     ("total_counts", pa.int64()),
+    ("label_sets", pa.list_(pa.string())),  # the spot's annotation sets (sorted), null when it has none
+    ("set_labels", pa.list_(pa.string())),  # their normalised labels, same order
 ])
 
 # Named gene panels (e.g. ``hvg256``: top highly variable genes per species, from ``stlake hvg``).

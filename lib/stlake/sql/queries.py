@@ -28,8 +28,32 @@ ORDER BY slide_id, spot_id
 LIMIT {limit}
 """
 
+TILES_OF_SET_LABEL = """
+SELECT p.slide_id, p.spot_id, a.raw_label, p.tile_format, length(p.tile) AS tile_bytes,
+       ROUND(p.tissue_fraction, 2) AS tissue_fraction
+FROM annotations a JOIN spots p USING (slide_id, spot_id)
+WHERE a.set = '{set}' AND a.label = '{label}'
+ORDER BY p.slide_id, p.spot_id
+LIMIT {limit}
+"""
+
 LABEL_COUNTS = """
-SELECT label, COUNT(*) AS spots FROM annotations GROUP BY label ORDER BY spots DESC
+SELECT label, COUNT(*) AS spots FROM spots WHERE label IS NOT NULL GROUP BY label ORDER BY spots DESC, label
+"""
+
+LABEL_COUNTS_PER_SLIDE = """
+SELECT slide_id, set, label, COUNT(*) AS spots
+FROM annotations
+GROUP BY slide_id, set, label
+ORDER BY slide_id, set, spots DESC, label
+"""
+
+LABEL_COUNTS_PER_COHORT = """
+SELECT COALESCE(get_json_object(s.meta_json, '$.cohort'), s.tissue, s.technology) AS cohort, a.set, a.label,
+       COUNT(*) AS spots, COUNT(DISTINCT a.slide_id) AS slides
+FROM annotations a JOIN slides s USING (slide_id)
+GROUP BY 1, a.set, a.label
+ORDER BY cohort, a.set, spots DESC, a.label
 """
 
 REJECTS = """

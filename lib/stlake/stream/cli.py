@@ -25,6 +25,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                        ("--label", "labels"), ("--slide", "slide_ids")):
         parser.add_argument(flag, dest=dest, action="append", type=_list, help="filter (repeatable, a,b,c)")
     parser.add_argument("--min-tissue-fraction", type=float)
+    parser.add_argument("--label-set", help="stream this annotation set's label, only spots it labels "
+                                            "(default: spots.label, the set chosen at ingest)")
+    parser.add_argument("--balance-labels", action="store_true", help="sample labelled spots so classes even out")
     parser.add_argument("--panel", type=_list, help="explicit panel: gene ids / symbols, comma-separated")
     parser.add_argument("--panel-name", help=f"stored panel, e.g. {DEFAULT_PANEL} (default when no --panel)")
     parser.add_argument("--normalize", choices=NORMALIZE_MODES, default=default["normalize"])
@@ -66,7 +69,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     with make_loader(spec) as loader:
         print(f"{spec.table} v{loader.version}: {len(loader.files)} files, panel of {loader.panel.n_genes} genes "
-              f"({', '.join(map(str, loader.panel.symbols[:5]))}{', ...' if loader.panel.n_genes > 5 else ''})")
+              f"({', '.join(map(str, loader.panel.symbols[:5]))}{', ...' if loader.panel.n_genes > 5 else ''})"
+              + (f"; {len(loader.vocabulary)} label classes" if loader.vocabulary else ""))
         start, samples, batches = time.perf_counter(), 0, 0
         for batch in loader:
             batches += 1

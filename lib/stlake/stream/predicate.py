@@ -19,5 +19,6 @@ class RowFilter(PredicateBase):
 
     def do_include(self, values: pd.DataFrame) -> pd.Series:
         """Per row of one row group: True where the row passes."""
-        mask = row_mask(values, self.selection.row_sets, self.selection.row_min_tissue_fraction)
+        mask = row_mask(values, self.selection.row_sets, self.selection.row_min_tissue_fraction,
+                        self.selection.label_set)
         return pd.Series(mask, index=values.index)

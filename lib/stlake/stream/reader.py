@@ -55,7 +55,7 @@ import torch
 from stlake.stream import transforms
 from stlake.stream.fs import petastorm_inputs
 from stlake.stream.panels import Panel, resolve_panel
-from stlake.stream.snapshot import Selection, median_total_counts, select_files
+from stlake.stream.snapshot import Selection, label_counts, median_total_counts, select_files, streamed_labels
 from stlake.stream.spec import NormalizeMode, StreamSpec
 
 if TYPE_CHECKING:
@@ -78,6 +78,15 @@ class ReadPlan:
     selection: Selection
     panel: Panel
     target_sum: float
+    vocabulary: list[str]  # class index -> label
+    label_counts: dict[str, int]  # label -> selected rows carrying it
+
+    @property
+    def label_weights(self) -> dict[str, float]:
+        """Sampling weight per label: the rarest label's count over its own (1.0 for the rarest)."""
+        counts = {k: v for k, v in self.label_counts.items() if v > 0}
+        rarest = min(counts.values(), default=0)
+        return {label: rarest / count for label, count in counts.items()}
 
     @property
     def columns(self) -> list[str]:
@@ -105,7 +114,10 @@ def build_plan(spec: StreamSpec) -> ReadPlan:
     target_sum = spec.target_sum
     if spec.normalize == "normalize_total_log1p" and target_sum is None:
         target_sum = median_total_counts(selection)
-    return ReadPlan(selection, panel, float(target_sum or 1.0))
+    counts = label_counts(selection)
+    named = [label for label in spec.labels or () if label is not None]
+    vocabulary = list(dict.fromkeys(named)) if named else sorted(counts)
+    return ReadPlan(selection, panel, float(target_sum or 1.0), vocabulary, counts)
 
 
 # ---------------------------------------------------------------- Petastorm pieces
@@ -130,8 +142,10 @@ def row_predicate(selection: Selection) -> Optional[RowFilter]:
 class PanelTransform:
     """Petastorm ``TransformSpec`` function (runs in the reader threads): densify and tidy one row group."""
 
-    def __init__(self, panel: Panel, normalize: NormalizeMode, target_sum: float) -> None:
+    def __init__(self, panel: Panel, normalize: NormalizeMode, target_sum: float,
+                 label_set: Optional[str] = None) -> None:
         self.panel, self.normalize, self.target_sum = panel, normalize, target_sum
+        self.label_set = label_set
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The row group's columns for the stream, counts densified onto the panel."""
@@ -140,7 +154,7 @@ class PanelTransform:
         dense = transforms.densify(gene_ids, counts, offsets, frame["total_counts"].to_numpy(np.int64),
                                    self.panel.lookup_ids, self.panel.lookup_cols, self.panel.n_genes,
                                    self.normalize, self.target_sum)
-        labels = frame["label"]
+        labels = streamed_labels(frame, self.label_set).set_axis(frame.index)
         return pd.DataFrame({
             "slide_id": frame["slide_id"].to_numpy(), "spot_id": frame["spot_id"].to_numpy(),
             "label": labels.fillna("").to_numpy(), "has_label": labels.notna().to_numpy(),
@@ -166,7 +180,7 @@ def open_reader(plan: ReadPlan, spec: StreamSpec, epoch: int) -> Reader:
     from petastorm import make_batch_reader
     urls, filesystem = petastorm_inputs(plan.selection.files)
     seed = epoch_seed(spec.seed, epoch) if spec.shuffle else None
-    transform = PanelTransform(plan.panel, spec.normalize, plan.target_sum)
+    transform = PanelTransform(plan.panel, spec.normalize, plan.target_sum, spec.label_set)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
@@ -265,6 +279,14 @@ def group_columns(group: Any) -> dict[str, np.ndarray]:
             "expression": np.asarray(values["expression"], np.float32).reshape(len(values["slide_id"]), -1)}
 
 
+def balanced(columns: dict[str, np.ndarray], weights: dict[str, float], rng: np.random.Generator
+             ) -> dict[str, np.ndarray]:
+    """The rows of ``columns`` kept with their label's weight (unlabelled rows are left out)."""
+    chance = np.array([weights.get(label, 0.0) if label is not None else 0.0 for label in columns["label"]])
+    keep = rng.random(len(chance)) < chance
+    return {key: values[keep] for key, values in columns.items()}
+
+
 # ---------------------------------------------------------------- batches
 
 class _Failure:
@@ -299,6 +321,7 @@ class Pipeline:
         self.threads = spec.decode_threads or default_decode_threads()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="stlake-decode") if self.threads > 1 else None
         self.thread = threading.Thread(target=self._run, name="stlake-stream", daemon=True)
+        self.classes = {label: i for i, label in enumerate(plan.vocabulary)}
 
     # producer side
     def _put(self, item: Item) -> bool:
@@ -328,6 +351,7 @@ class Pipeline:
         """Read one epoch's row groups through the shuffle buffer and queue its batches."""
         spec = self.spec
         rng = np.random.default_rng([spec.seed, epoch]) if spec.shuffle else None
+        balance = np.random.default_rng([spec.seed, epoch, 13]) if spec.balance_labels else None
         threshold = max(spec.shuffle_buffer, spec.batch_size) if spec.shuffle else spec.batch_size
         buffer, index = RowBuffer(), 0
         reader = open_reader(self.plan, spec, epoch)
@@ -335,7 +359,8 @@ class Pipeline:
             for group in row_groups(reader):
                 if self.stop.is_set():
                     return
-                buffer.add(group_columns(group))
+                columns = group_columns(group)
+                buffer.add(balanced(columns, self.plan.label_weights, balance) if balance is not None else columns)
                 while buffer.size >= threshold:
                     if not self._emit(buffer.take(spec.batch_size, rng), epoch, index):
                         return
@@ -364,8 +389,10 @@ class Pipeline:
         expression = torch.from_numpy(np.ascontiguousarray(rows["expression"]))
         if spec.pin_memory and torch.cuda.is_available():
             image, expression = image.pin_memory(), expression.pin_memory()
+        classes = self.classes
+        label_index = torch.tensor([classes.get(label, -1) for label in rows["label"]], dtype=torch.long)
         return {"image": image, "expression": expression, "slide_id": rows["slide_id"].tolist(),
-                "spot_id": rows["spot_id"].tolist(), "label": rows["label"].tolist()}
+                "spot_id": rows["spot_id"].tolist(), "label": rows["label"].tolist(), "label_index": label_index}
 
     # consumer side
     def batches(self) -> Iterator[dict[str, Any]]:
@@ -416,6 +443,21 @@ class StreamLoader:
         """The snapshot's data files read (absolute URIs, sorted)."""
         return list(self.plan.selection.files)
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The label classes: ``batch['label_index']`` indexes this list (-1: no label)."""
+        return list(self.plan.vocabulary)
+
+    @property
+    def label_counts(self) -> dict[str, int]:
+        """Selected spots per label (before balancing)."""
+        return dict(self.plan.label_counts)
+
+    @property
+    def label_weights(self) -> dict[str, float]:
+        """The sampling weight per label that ``balance_labels`` applies."""
+        return self.plan.label_weights
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pipeline = Pipeline(self.spec, self.plan)
         self._active = [p for p in self._active if p.thread.is_alive() or not p.thread.ident] + [pipeline]
@@ -435,7 +477,8 @@ def make_loader(spec: StreamSpec) -> Iterator[StreamLoader]:
 
     ``with make_loader(spec) as loader: for batch in loader: ...``. Each batch: ``image``
     (``B x 3 x S x S`` uint8 or float32, RGB), ``expression`` (float32 ``B x G``, panel order),
-    ``slide_id`` / ``spot_id`` (list[str]), ``label`` (list[str | None]).
+    ``slide_id`` / ``spot_id`` (list[str]), ``label`` (list[str | None]) and ``label_index`` (int64 ``B``,
+    the label's position in ``loader.vocabulary``, -1 for none).
     The snapshot, panel and target sum are fixed when the loader opens.
     """
     ignore_petastorm_deprecations()

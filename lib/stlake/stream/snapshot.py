@@ -24,6 +24,8 @@ from stlake.stream.spec import StreamSpec
 SET_FILTERS = {"technologies": "technology", "species": "species", "tissues": "tissue",
                "labels": "label", "slide_ids": "slide_id"}
 TISSUE_COLUMN = "tissue_fraction"
+#: ``pairs`` columns holding every annotation set of a spot and its label in each (parallel lists).
+SET_COLUMNS = ["label_sets", "set_labels"]
 
 
 @dataclass
@@ -35,11 +37,13 @@ class Selection:
     num_records: int  # rows in the kept files (an upper bound of the rows streamed)
     row_sets: dict[str, frozenset[Any]] = field(default_factory=dict)  # column -> allowed values (None = null)
     row_min_tissue_fraction: Optional[float] = None
+    label_set: Optional[str] = None  # rows must carry a label of this set; ``label`` filters read it
 
     @property
     def row_columns(self) -> list[str]:
         """Columns a row-level predicate reads."""
-        columns = sorted(self.row_sets)
+        columns = sorted(c for c in self.row_sets if not (c == "label" and self.label_set is not None))
+        columns += SET_COLUMNS if self.label_set is not None else []
         return columns + ([TISSUE_COLUMN] if self.row_min_tissue_fraction is not None else [])
 
 
@@ -97,6 +101,9 @@ def select_files(spec: StreamSpec) -> Selection:
         if allowed is None:
             continue
         allowed = frozenset(allowed)
+        if column == "label" and spec.label_set is not None:  # the set's label is in lists: rows decide
+            row_sets[column] = allowed
+            continue
         file_keep, decided = _set_filter(actions, column, allowed)
         keep &= file_keep
         if not decided[keep].all():
@@ -110,15 +117,32 @@ def select_files(spec: StreamSpec) -> Selection:
     records = _column(actions, "num_records", actions.num_rows)
     chosen = sorted(np.flatnonzero(keep).tolist(), key=lambda i: uris[i])
     return Selection(version, [uris[i] for i in chosen], int(sum(records[i] or 0 for i in chosen)),
-                     row_sets, row_tissue)
+                     row_sets, row_tissue, spec.label_set)
+
+
+def streamed_labels(frame: Union[pd.DataFrame, pa.Table], label_set: Optional[str]) -> pd.Series:
+    """Each row's label: ``label``, or with ``label_set`` that set's label from the set lists (None: none)."""
+    if label_set is None:
+        return _series(frame, "label").astype(object)
+    labels: list[Optional[str]] = []
+    for sets, values in zip(_series(frame, "label_sets"), _series(frame, "set_labels")):
+        names = [] if sets is None else list(sets)
+        labels.append(values[names.index(label_set)] if label_set in names else None)
+    return pd.Series(labels, dtype=object)
 
 
 def row_mask(frame: Union[pd.DataFrame, pa.Table], row_sets: Mapping[str, Iterable[Any]],
-             min_tissue_fraction: Optional[float]) -> np.ndarray:
-    """Boolean mask of the rows of a pandas DataFrame or pyarrow Table that pass the row-level filters."""
+             min_tissue_fraction: Optional[float], label_set: Optional[str] = None) -> np.ndarray:
+    """Boolean mask of the rows of a pandas DataFrame or pyarrow Table that pass the row-level filters.
+
+    With ``label_set``, rows without a label of that set fail, and a ``label`` filter reads that label.
+    """
     mask = np.ones(len(frame), bool)
+    labels = streamed_labels(frame, label_set) if label_set is not None else None
+    if labels is not None:
+        mask &= labels.notna().to_numpy()
     for column, allowed in row_sets.items():
-        values = _series(frame, column)
+        values = labels if labels is not None and column == "label" else _series(frame, column)
         allowed_values = set(allowed)
         hit = values.isin([v for v in allowed_values if v is not None]).to_numpy()
         if None in allowed_values:
@@ -150,10 +174,21 @@ def median_total_counts(selection: Selection) -> float:
     rows = read_columns(selection.files, columns)
     if rows.num_rows == 0:
         return 1.0
-    mask = row_mask(rows, selection.row_sets, selection.row_min_tissue_fraction)
+    mask = row_mask(rows, selection.row_sets, selection.row_min_tissue_fraction, selection.label_set)
     totals = rows.column("total_counts").to_numpy(zero_copy_only=False)[mask]
     totals = totals[totals > 0]
     return float(np.median(totals)) if totals.size else 1.0
 
 
-__all__ = ["Selection", "select_files", "row_mask", "median_total_counts"]
+def label_counts(selection: Selection) -> dict[str, int]:
+    """How many selected rows carry each (streamed) label."""
+    columns = list(dict.fromkeys(["label", *selection.row_columns]))
+    rows = read_columns(selection.files, columns)
+    if rows.num_rows == 0:
+        return {}
+    mask = row_mask(rows, selection.row_sets, selection.row_min_tissue_fraction, selection.label_set)
+    labels = streamed_labels(rows, selection.label_set)[mask]
+    return {str(k): int(v) for k, v in labels.dropna().value_counts().sort_index().items()}
+
+
+__all__ = ["Selection", "label_counts", "select_files", "row_mask", "median_total_counts", "streamed_labels"]

@@ -25,6 +25,13 @@ class StreamSpec:
     are applied per row (a Petastorm predicate) wherever the statistics cannot decide. ``species``
     names are normalised as the lake stores them (``Homo sapiens`` -> ``human``).
 
+    Labels: a batch's ``label`` is the spot's normalised label, and ``label_index`` its class (the
+    position in ``loader.vocabulary``, -1 for none). ``label_set`` streams the label of that annotation
+    set instead of ``pairs.label`` (the set chosen at ingest) and keeps only the spots that set labels;
+    ``labels`` then filters on it. ``balance_labels`` keeps each labelled spot with the probability
+    ``loader.label_weights[label]`` (the rarest class's count / its class's count), so every class is
+    streamed about equally often; unlabelled spots are left out.
+
     Expression: ``panel`` (gene ids and/or symbols / Ensembl ids, in column order) or ``panel_name``
     (a stored panel of the ``gene_panels`` table, e.g. ``hvg256`` from ``stlake hvg``); neither means
     ``hvg256``. ``normalize``: ``none`` (raw counts), ``log1p`` (ln(1 + x)) or
@@ -56,6 +63,9 @@ class StreamSpec:
     labels: Optional[Sequence[Optional[str]]] = None  # None inside the list selects unlabelled spots
     slide_ids: Optional[Sequence[str]] = None
     min_tissue_fraction: Optional[float] = None
+    # labels
+    label_set: Optional[str] = None  # stream this annotation set's label (only spots it labels); None: pairs.label
+    balance_labels: bool = False  # sample labelled spots with weights that even out the classes
     # expression
     panel: Optional[Sequence[GeneRef]] = None
     panel_name: Optional[str] = None

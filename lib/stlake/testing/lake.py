@@ -78,6 +78,11 @@ def spot_label(slide: FakeSlide, j: int) -> Optional[str]:
     return LABELS[(j + slide.index) % len(LABELS)]
 
 
+def spot_sets(slide: FakeSlide, j: int) -> dict[str, Optional[str]]:
+    """Spot ``j``'s label in each annotation set: ``anno`` (= ``spots.label``) and ``region`` (about 3:1, some none)."""
+    return {"anno": spot_label(slide, j), "region": None if j % 5 == 4 else f"region {int(j % 4 == 3)}"}
+
+
 def tissue_fraction(slide: FakeSlide, j: int) -> float:
     """Tissue fraction of spot ``j`` (two decimals, spread over [0, 1))."""
     return round(((j * 37 + slide.index * 11) % 100) / 100.0, 2)
@@ -107,6 +112,9 @@ def pairs_rows(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16,
     columns.update({name: expression.column(name) for name in pairs.EXPRESSION_COLUMNS})
     slide_row = parts["slides"].select(pairs.SLIDE_COLUMNS).to_pylist()[0]
     columns.update({name: pa.array([value] * spots.num_rows, pa.string()) for name, value in slide_row.items()})
+    sets = [{k: v for k, v in sorted(spot_sets(slide, j).items()) if v is not None} for j in range(slide.n_spots)]
+    columns["label_sets"] = pa.array([list(s) or None for s in sets], pa.list_(pa.string()))
+    columns["set_labels"] = pa.array([list(s.values()) or None for s in sets], pa.list_(pa.string()))
     return pa.table(columns).select(schemas.PAIRS.names).cast(schemas.PAIRS)
 
 
@@ -135,9 +143,13 @@ def source_tables(slide: FakeSlide, n_genes: int = 30, tile_px: int = 16, run_id
     ids = gene_ids(slide.species, n_genes)
     spots = [spot_row(slide, j, tile_px, run_id) for j in range(slide.n_spots)]
     expression = [expression_row(slide, j, ids, n_genes, run_id, extra_counts) for j in range(slide.n_spots)]
+    annotations = [dict(slide_id=slide.slide_id, spot_id=spot_id(slide, j), set=name, raw_label=label.upper(),
+                        label=label, source_uri=f"{name}.csv", run_id=run_id)
+                   for j in range(slide.n_spots) for name, label in spot_sets(slide, j).items() if label is not None]
     return {"spots": pa.Table.from_pylist(spots, schema=schemas.SPOTS),
             "expression": pa.Table.from_pylist(expression, schema=schemas.EXPRESSION),
-            "slides": pa.Table.from_pylist([slide_row(slide, run_id)], schema=schemas.SLIDES)}
+            "slides": pa.Table.from_pylist([slide_row(slide, run_id)], schema=schemas.SLIDES),
+            "annotations": pa.Table.from_pylist(annotations, schema=schemas.ANNOTATIONS)}
 
 
 def spot_id(slide: FakeSlide, j: int) -> str:
@@ -178,12 +190,12 @@ def slide_row(slide: FakeSlide, run_id: str) -> dict[str, Any]:
 
 def write_sources(lake: str, slides: Iterable[FakeSlide], n_genes: int = 30, tile_px: int = 16,
                   run_id: str = "test", extra_counts: Optional[dict[str, dict[int, list[int]]]] = None) -> None:
-    """Commit ``genes``, ``expression``, ``spots``, ``slides`` for ``slides`` (replacing their rows)."""
+    """Commit ``genes`` and the ``expression``, ``annotations``, ``spots``, ``slides`` rows of ``slides`` (replaced)."""
     slides = list(slides)
     write_genes(lake, [s.species for s in slides], n_genes)
     parts = {s.slide_id: source_tables(s, n_genes, tile_px, run_id, (extra_counts or {}).get(s.slide_id))
              for s in slides}
-    for table in ("expression", "spots", "slides"):
+    for table in ("expression", "annotations", "spots", "slides"):
         files = [f for sid, part in parts.items()
                  for f in tables.write_data_files(lake, table, part[table], f"{run_id}-{sid}")]
         tables.commit(lake, table, files, replace_slides=set(parts), run_id=run_id)

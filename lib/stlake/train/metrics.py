@@ -1,9 +1,12 @@
-"""Evaluation on held-out slides: image->expression retrieval recall@k and a ridge linear probe.
+"""Evaluation on held-out slides: image->expression retrieval recall@k, ridge probes for genes and labels.
 
 * Retrieval: every held-out tile queries the held-out expression embeddings (cosine similarity);
   recall@k is the fraction whose own spot is among the k nearest.
 * Linear probe: ridge regression from frozen image embeddings to the panel's expression, fit on the
   training slides' embeddings, scored on the held-out slides by Pearson r per gene (and the mean).
+* Label probe: the same ridge onto one-hot label classes (argmax predicts), fit on the training slides'
+  labelled spots, scored on the held-out slides' labelled spots by accuracy and balanced accuracy, next
+  to the majority-class baseline.
 """
 from __future__ import annotations
 
@@ -113,6 +116,34 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
             "pearson_per_gene": per_gene, "n_genes_scored": int(finite.sum())}
 
 
+def label_probe(train_x: np.ndarray, train_labels: Sequence[Optional[str]], test_x: np.ndarray,
+                test_labels: Sequence[Optional[str]], alpha: float = 1.0) -> dict[str, Any]:
+    """Ridge onto one-hot labels, fit on the labelled training spots, scored on the labelled held-out spots.
+
+    Classes are the training spots' labels; held-out spots whose label no training spot has are not scored.
+    Returns ``label_accuracy``, ``label_balanced_accuracy`` (mean recall over the held-out classes),
+    ``label_majority_baseline`` (accuracy of always predicting the commonest training class),
+    ``n_label_classes`` and ``n_labelled_holdout`` (NaN scores when there is nothing to fit or score).
+    """
+    classes = sorted({label for label in train_labels if label is not None})
+    index = {label: i for i, label in enumerate(classes)}
+    train_rows = [i for i, label in enumerate(train_labels) if label is not None]
+    test_rows = [i for i, label in enumerate(test_labels) if label is not None and label in index]
+    result: dict[str, Any] = {"label_accuracy": float("nan"), "label_balanced_accuracy": float("nan"),
+                              "label_majority_baseline": float("nan"), "n_label_classes": len(classes),
+                              "n_labelled_holdout": len(test_rows)}
+    if len(classes) < 2 or not test_rows:
+        return result
+    train_y = np.array([index[str(train_labels[i])] for i in train_rows])
+    test_y = np.array([index[str(test_labels[i])] for i in test_rows])
+    weights, bias = fit_ridge(np.asarray(train_x)[train_rows], np.eye(len(classes))[train_y], alpha)
+    predicted = predict_ridge(np.asarray(test_x)[test_rows], weights, bias).argmax(1)
+    recalls = [float((predicted[test_y == c] == c).mean()) for c in np.unique(test_y)]
+    result.update(label_accuracy=float((predicted == test_y).mean()), label_balanced_accuracy=float(np.mean(recalls)),
+                  label_majority_baseline=float((test_y == np.bincount(train_y).argmax()).mean()))
+    return result
+
+
 def evaluate_embeddings(train: dict[str, Any], holdout: dict[str, Any], alpha: float = 1.0,
                         ks: Sequence[int] = DEFAULT_KS, gene_names: Optional[Sequence[str]] = None,
                         probe_on: str = "image_emb") -> dict[str, Any]:
@@ -121,6 +152,7 @@ def evaluate_embeddings(train: dict[str, Any], holdout: dict[str, Any], alpha: f
     metrics.update(retrieval_recall(holdout["image_emb"], holdout["expr_emb"], ks))
     metrics.update(linear_probe(train[probe_on], train["expression"], holdout[probe_on], holdout["expression"],
                                 alpha, gene_names))
+    metrics.update(label_probe(train[probe_on], train["label"], holdout[probe_on], holdout["label"], alpha))
     return metrics
 
 

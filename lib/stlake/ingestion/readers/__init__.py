@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from stlake.ingestion.readers import st, stimage, visium, visiumhd
+from stlake.ingestion.readers import labels, st, stimage, visium, visiumhd
 from stlake.ingestion.readers.common import ReaderOptions
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import SlideError, SlideRecord, SlideRef, describe_input_error
@@ -56,7 +56,7 @@ def get_layout(name: str) -> Layout:
 
 
 def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
-    """Read one slide with the reader of its layout; bad input raises ``SlideError``.
+    """Read one slide with the reader of its layout, its labels normalised; bad input raises ``SlideError``.
 
     Readers name what is wrong themselves; a value error they did not foresee still becomes
     ``SlideError('input_unreadable')`` naming the slide's files, never an internal error.
@@ -65,11 +65,13 @@ def read_slide(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideR
         layout = get_layout(ref.layout)
     except ValueError as error:
         raise ValueError(f"slide {ref.slide_id}: {error}") from None
+    options = options or ReaderOptions()
     try:
-        return layout.read(ref, options or ReaderOptions())
+        record = layout.read(ref, options)
     except SlideError:
         raise
     except INPUT_ERRORS as error:
         files = ", ".join(f"{role} {path}" for role, path in ref.paths.items())
         raise SlideError("input_unreadable", f"the {ref.layout} reader could not use the files of slide "
                                              f"{ref.slide_id} ({describe_input_error(error)}): {files}") from error
+    return labels.finish(record, options.label_set, options.label_map, options.strict_labels)

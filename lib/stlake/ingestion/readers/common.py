@@ -33,11 +33,16 @@ class ReaderOptions:
     in_tissue_only: keep only spots flagged in tissue (Visium / VisiumHD).
     bin_size_um: VisiumHD bin size (2, 8 or 16 µm).
     image_override: use this image (path or URI) instead of the one found for the slide.
+    label_set, label_map, strict_labels: which annotation set fills ``spots.label``, and how raw labels are
+    normalised (see :mod:`stlake.ingestion.readers.labels.mapping`).
     """
 
     in_tissue_only: bool = True
     bin_size_um: int = 8
     image_override: Optional[str] = None
+    label_set: Optional[str] = None
+    label_map: Optional[str] = None
+    strict_labels: bool = False
 
 
 # ---------------------------------------------------------------- reading small files

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import (
     ReaderOptions,
     as_float,
@@ -29,6 +30,7 @@ from stlake.ingestion.readers.common import (
     read_json,
     require_columns,
 )
+from stlake.ingestion.readers.labels import loupe
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRef, Spots
 from stlake.lake import storage
 
@@ -37,8 +39,8 @@ SCALEFACTORS = "scalefactors_json.json"
 HIRES_IMAGE = "tissue_hires_image.png"
 MATRIX_H5 = "filtered_feature_bc_matrix.h5"
 MATRIX_DIR = "filtered_feature_bc_matrix"
-#: Roles a manifest may give for a Space Ranger slide (``bin_dir``: VisiumHD only).
-ROLES = ("positions", "scalefactors", "matrix_h5", "matrix_dir", "image", "hires_image")
+#: Roles a manifest may give for a Space Ranger slide (``bin_dir``: VisiumHD only); ``annotation``: Loupe exports.
+ROLES = ("positions", "scalefactors", "matrix_h5", "matrix_dir", "image", "hires_image", anno.ANNOTATION_ROLE)
 
 
 def slide_id(folder: str) -> str:
@@ -86,6 +88,13 @@ def with_fullres_image(paths: dict[str, str]) -> dict[str, str]:
         return dict(paths)
     image = find_fullres_image(paths["root"])
     return {**paths, "image": image} if image else dict(paths)
+
+
+def with_loupe_exports(paths: dict[str, str]) -> dict[str, str]:
+    """``paths`` with the Loupe Browser exports next to the slide as annotation files, unless some are given."""
+    if anno.annotation_paths(paths) or not paths.get("root"):
+        return dict(paths)
+    return anno.with_annotations(paths, loupe.find_exports(paths["root"]))
 
 
 # ---------------------------------------------------------------- helpers

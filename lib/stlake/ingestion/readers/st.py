@@ -1,7 +1,8 @@
 """Legacy Spatial Transcriptomics slides (layout ``st``).
 
 A slide is a counts TSV (optionally gzipped; rows = spots named ``{x}x{y}``, columns = genes), a
-spot-detector TSV (``x y new_x new_y pixel_x pixel_y selected``) and an H&E JPEG. Counts rows and
+spot-detector TSV (``x y new_x new_y pixel_x pixel_y selected``), an H&E JPEG and optionally
+labelled-coordinates TSVs (``*_labeled_coordinates.tsv``, :mod:`stlake.ingestion.readers.labels`). Counts rows and
 selected detector rows are matched on the array position (x, y). Spots are 100 µm wide on a 200 µm
 grid; the pixel pitch is fitted from the detector (pixel = a + b * new_array_coordinate).
 This is the one reader that reads (the first column of) the counts file.
@@ -15,6 +16,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import (
     ReaderOptions,
     as_float,
@@ -26,6 +28,7 @@ from stlake.ingestion.readers.common import (
     read_csv,
     require_columns,
 )
+from stlake.ingestion.readers.labels.labelled_coords import is_labelled_coords_name
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import ExpressionSource, SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
@@ -47,7 +50,8 @@ def is_detector(name: str) -> bool:
 
 def is_counts(name: str) -> bool:
     """A counts TSV name (any TSV that is not the spot detector)."""
-    return name.lower().endswith((".tsv", ".tsv.gz")) and not is_detector(name) and not name.startswith(".")
+    return name.lower().endswith((".tsv", ".tsv.gz")) and not is_detector(name) and not name.startswith(".") \
+        and not is_labelled_coords_name(name)
 
 
 def is_jpeg(name: str) -> bool:
@@ -65,30 +69,34 @@ def pick(names: list[str], preferred: tuple[str, ...] = ()) -> Optional[str]:
 
 
 def find_files(folder: str, names: Optional[list[str]] = None) -> dict[str, str]:
-    """``counts``, ``spot_detector`` and ``image`` in a legacy ST slide folder (those found)."""
+    """``counts``, ``spot_detector``, ``image`` and labelled coordinates in a legacy ST slide folder (those found)."""
     names = storage.list_dir(folder) if names is None else names
     chosen = {
         "spot_detector": pick([n for n in names if is_detector(n)]),
         "counts": pick([n for n in names if is_counts(n)], ("count", "stdata")),
         "image": pick([n for n in names if is_jpeg(n)], ("he", "hne")),
     }
-    return {role: storage.join(folder, name) for role, name in chosen.items() if name}
+    found = {role: storage.join(folder, name) for role, name in chosen.items() if name}
+    labelled = sorted(storage.join(folder, n) for n in names if is_labelled_coords_name(n))
+    return anno.with_annotations(found, labelled)
 
 
 def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
-    """Fill missing roles from ``root``; given roles win."""
-    if paths.get("root") and not all(paths.get(r) for r in ("counts", "spot_detector", "image")):
-        return {**find_files(paths["root"]), **paths}
+    """Fill missing roles from ``root``; given roles win (annotation files found only when none is given)."""
+    if paths.get("root") and not all(paths.get(r) for r in REQUIRED_ROLES):
+        found = find_files(paths["root"])
+        return {**(anno.without_annotations(found) if anno.annotation_paths(paths) else found), **paths}
     return dict(paths)
 
 
-ROLES = ("counts", "spot_detector", "image")
+REQUIRED_ROLES = ("counts", "spot_detector", "image")
+ROLES = (*REQUIRED_ROLES, anno.ANNOTATION_ROLE)
 
 
 def identify(folder: str, names: list[str]) -> Optional[list[SlideRef]]:
     """A legacy ST slide: a spot-detector TSV, a counts TSV and a JPEG in one folder."""
     paths = find_files(folder, names)
-    if len(paths) < len(ROLES):
+    if not all(paths.get(role) for role in REQUIRED_ROLES):
         return None
     return [SlideRef(storage.basename(folder), "st", "ST", {"root": folder, **paths})]
 
@@ -197,9 +205,11 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     spots = make_spots(names[rows], spots_detector["pixel_x"].to_numpy(), spots_detector["pixel_y"].to_numpy(),
                        array_row=np.rint(spots_detector["y"].to_numpy()),
                        array_col=np.rint(spots_detector["x"].to_numpy()))
+    spots, label_sets = anno.read_files(ref, spots, warnings, pitch_px=pitch)
     return SlideRecord(
         ref=ref, image_uri=image, spots=spots, spot_diameter_px=pitch * SPOT_DIAMETER_UM / SPOT_PITCH_UM,
-        expression=ExpressionSource("st_tsv", counts), microns_per_pixel=SPOT_PITCH_UM / pitch, warnings=warnings)
+        expression=ExpressionSource("st_tsv", counts), microns_per_pixel=SPOT_PITCH_UM / pitch, warnings=warnings,
+        label_sets=label_sets)
 
 
 LAYOUT = Layout("st", ("ST",), ROLES, "legacy Spatial Transcriptomics (counts TSV, spot detector TSV, H&E JPEG)",

@@ -5,7 +5,7 @@ A release root holds, per technology folder ``{ST,Visium,VisiumHD}``::
     {tech}/image/{slide}.png          the H&E image (bytes may be JPEG/TIFF/PNG)
     {tech}/coord/{slide}_coord.csv    header ",yaxis,xaxis,r": spot id, y and x in px, radius in px
     {tech}/gene_exp/{slide}_count.csv dense counts, rows = spot ids, columns = genes
-    annotation/{slide}_anno.csv       optional, TAB separated, spot id + label column ``V2``
+    annotation/{slide}_anno.csv       optional, TAB separated, spot id + label column ``V2`` (set ``anno``)
     meta/meta_all_gene.csv            one row per slide: slide, species, tissue, pmid, title, ...
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import logging
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import (
     ReaderOptions,
     as_float,
@@ -25,7 +25,6 @@ from stlake.ingestion.readers.common import (
     guarded,
     image_or_missing,
     make_spots,
-    preview,
     read_csv,
     require_columns,
     require_positive,
@@ -40,7 +39,6 @@ COORD_SUFFIX = "_coord.csv"
 REQUIRED_ROLES = ("image", "coords", "counts")
 #: Physical spot diameter per technology (µm), used to derive microns per pixel from the radius.
 SPOT_DIAMETER_UM = {"ST": 100.0, "Visium": 55.0}
-LABEL_COLUMN = "V2"
 ROLES = ("image", "coords", "counts", "annotation", "meta")
 
 log = logging.getLogger(__name__)
@@ -194,33 +192,6 @@ def _coords(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return ids, as_float(frame["xaxis"], path, "xaxis"), as_float(frame["yaxis"], path, "yaxis"), radius
 
 
-def _labels(path: Optional[str], ids: np.ndarray, warnings: list[tuple[str, str]]) -> Optional[np.ndarray]:
-    """Labels from the annotation file aligned to ``ids`` (None where unannotated); problems -> warnings."""
-    if not path:
-        return None
-    if not storage.exists(path):
-        warnings.append(("annotation_missing", f"annotation file not found: {path}"))
-        return None
-    try:
-        frame = read_csv(path, sep="\t", index_col=0, dtype=str)
-    except Exception as error:  # an annotation problem never sinks the slide
-        warnings.append(("annotation_unreadable", f"{path}: {describe_input_error(error)}"))
-        return None
-    if frame.shape[1] == 0:
-        warnings.append(("annotation_unreadable", f"{path} has no label column"))
-        return None
-    column = LABEL_COLUMN if LABEL_COLUMN in frame.columns else frame.columns[-1]
-    labels = frame[column]
-    labels.index = pd.Index(as_ids(labels.index))
-    labels = labels[~labels.index.duplicated(keep="first")]
-    unknown = labels.index.difference(pd.Index(ids))
-    if len(unknown):
-        warnings.append(("annotation_unmatched", f"{len(unknown)} annotated spot id(s) of {path} are not in the "
-                                                 f"coordinates, e.g. {preview(unknown)}"))
-    aligned = labels.reindex(ids).to_numpy(dtype=object)
-    return np.array([None if pd.isna(v) else str(v) for v in aligned], dtype=object)
-
-
 def _with_meta(ref: SlideRef, warnings: list[tuple[str, str]]) -> SlideRef:
     """Apply the release's meta CSV when discovery has not (it drops the ``meta`` role once applied)."""
     path = ref.paths.get("meta")
@@ -249,12 +220,12 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     counts = ref.paths.get("counts")
     if not counts or not storage.exists(counts):
         raise SlideError("expression_missing", f"counts file not found: {counts}")
-    labels = _labels(ref.paths.get("annotation"), ids, warnings)
+    spots, label_sets = anno.read_files(ref, make_spots(ids, x, y), warnings)
     ref = _with_meta(ref, warnings)
     diameter = 2.0 * float(np.median(radius)) if len(radius) else 0.0
     physical = SPOT_DIAMETER_UM.get(ref.technology)
     return SlideRecord(
-        ref=ref, image_uri=image, spots=make_spots(ids, x, y, label=labels), spot_diameter_px=diameter,
+        ref=ref, image_uri=image, spots=spots, spot_diameter_px=diameter, label_sets=label_sets,
         expression=ExpressionSource("dense_csv", counts, {"sep": ","}),
         microns_per_pixel=physical / diameter if physical and diameter > 0 else None,
         warnings=warnings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import ReaderOptions
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.readers.spaceranger import (
@@ -30,6 +31,7 @@ from stlake.ingestion.readers.spaceranger import (
     spatial_files,
     spots_from_columns,
     with_fullres_image,
+    with_loupe_exports,
 )
 from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
@@ -44,7 +46,8 @@ def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
     """Fill missing roles (positions, scalefactors, hires_image, matrix, image) from ``root``; given roles win.
 
     A folder is listed only when a role it would give is missing, so resolved paths (e.g. from
-    discovery) come back unchanged without any listing.
+    discovery) come back unchanged without any listing. Loupe exports in ``root`` are looked for along
+    with the spatial files.
     """
     root = paths.get("root")
     if not root:
@@ -52,6 +55,7 @@ def resolve_paths(paths: dict[str, str]) -> dict[str, str]:
     derived: dict[str, str] = {}
     if not (paths.get("positions") and paths.get("scalefactors") and (paths.get("image") or paths.get("hires_image"))):
         derived.update(spatial_files(storage.join(root, "spatial"), POSITION_FILES))
+        paths = with_loupe_exports(paths)
     if not has_matrix(paths):
         derived.update(find_matrix(root))
     return with_fullres_image({**derived, **paths})
@@ -87,10 +91,11 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     factors = read_scalefactors(scalefactors_path)
     diameter = scale_factor(factors, "spot_diameter_fullres", scalefactors_path)
     image, scale, source, warnings = choose_image(ref, options, factors, scalefactors_path)
+    spots, label_sets = anno.read_files(ref, scaled(spots, scale), warnings)
     return SlideRecord(
-        ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
+        ref=ref, image_uri=image, spots=spots, spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=SPOT_DIAMETER_UM / diameter / scale,
-        coord_scale=scale, image_source=source, warnings=warnings)
+        coord_scale=scale, image_source=source, warnings=warnings, label_sets=label_sets)
 
 
 LAYOUT = Layout("visium", ("Visium",), ROLES, "Space Ranger Visium output (spatial/ + feature-barcode matrix)",

@@ -13,6 +13,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import ReaderOptions, guarded
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.readers.spaceranger import (
@@ -31,6 +32,7 @@ from stlake.ingestion.readers.spaceranger import (
     spatial_files,
     spots_from_columns,
     with_fullres_image,
+    with_loupe_exports,
 )
 from stlake.ingestion.records import SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
@@ -52,13 +54,13 @@ def available_bins(root: str) -> list[str]:
 def resolve_paths(paths: dict[str, str], bin_size_um: Optional[int] = None) -> dict[str, str]:
     """Fill missing roles from ``root``; given roles win.
 
-    Without ``bin_size_um`` (discovery: the bin size is a reader option) only the full-res ``image`` is
-    looked for; with it also bin_dir, positions, scalefactors, matrix and hires_image. A folder is
+    Without ``bin_size_um`` (discovery: the bin size is a reader option) only the full-res ``image`` and
+    Loupe exports are looked for; with it also bin_dir, positions, scalefactors, matrix and hires_image. A folder is
     listed only when a role it would give is missing.
     """
     paths = with_fullres_image(paths)
     if bin_size_um is None:
-        return paths
+        return with_loupe_exports(paths)
     return {**_bin_paths(paths, bin_size_um), **paths}
 
 
@@ -152,10 +154,11 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     factors = read_scalefactors(scalefactors_path)
     diameter, mpp = bin_geometry(factors, scalefactors_path, options.bin_size_um)
     image, scale, source, warnings = choose_image(ref, options, factors, scalefactors_path)
+    spots, label_sets = anno.read_files(ref, scaled(spots, scale), warnings)
     return SlideRecord(
-        ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
+        ref=ref, image_uri=image, spots=spots, spot_diameter_px=diameter * scale,
         expression=expression_source(ref.paths), microns_per_pixel=mpp / scale,
-        coord_scale=scale, image_source=source, warnings=warnings)
+        coord_scale=scale, image_source=source, warnings=warnings, label_sets=label_sets)
 
 
 LAYOUT = Layout("visiumhd", ("VisiumHD",), (*ROLES, "bin_dir"),

@@ -1,5 +1,6 @@
-"""Legacy ST writer: ``st/st_1/`` with a counts TSV.gz (rows ``{x}x{y}``), a spot detector TSV and an H&E JPEG.
+"""Legacy ST writer: ``st/st_1/`` with counts TSV.gz, spot detector TSV, H&E JPEG and labelled coordinates.
 
+Counts rows are named ``{x}x{y}``; the labelled-coordinates TSV is HER2ST's (:mod:`stlake.synth.labels`).
 Two spots under tissue are only in the counts file and two only in the spot detector file, as in real
 legacy data; readers match the two files and report the unmatched spots.
 """
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stlake.synth import labels
 from stlake.synth.expression import choose_genes, sample_counts
 from stlake.synth.formats import ensure_dir, open_text, write_dense
 from stlake.synth.image import Markers, Renderer, Scene
@@ -89,15 +91,20 @@ def write(job: DatasetJob) -> list[SlideInfo]:
     image_path = _write_he_image(root, array, code, detector_rows, job.seed)
     matched = match.in_detector[counts_rows]
     spots = counts_rows[matched]
+    rows = np.concatenate([spots, match.only_detector])
+    raw, unmatched_labels = labels.write_labelled_coordinates(
+        root, SLIDE_ID, names[spots], array.new_x[rows], array.new_y[rows], array.pixel_x[rows], array.pixel_y[rows],
+        domain[rows], np.arange(len(spots), len(rows)), slide_rng(job.seed, SLIDE_ID, "labels"))
     truth = Truth(
         slide_id=SLIDE_ID, layout=LAYOUT, technology="ST", spot_id=names[spots], x=array.truth_x[spots],
         y=array.truth_y[spots], code=code[spots], gene_names=gene_names, counts=counts[np.flatnonzero(matched)],
-        labels=None, domain=domain[spots], image_path=image_path, in_tissue=match.selected[spots],
+        labels=labels.normalised(raw), domain=domain[spots], image_path=image_path, in_tissue=match.selected[spots],
         spot_diameter_px=SPOT_DIAMETER_UM / array.mpp, microns_per_pixel=array.mpp, image_width=array.width,
         image_height=array.height, gene_ids=[job.universe.ids[g] for g in genes], gene_symbols=gene_names,
         unmatched_counts=sorted(names[match.only_counts].tolist()),
         unmatched_detector=sorted(names[match.only_detector].tolist()),
-        extra={"array_x": array.ax[spots], "array_y": array.ay[spots]})
+        extra={"array_x": array.ax[spots], "array_y": array.ay[spots], **labels.truth_extra({labels.ST_SET: raw}),
+               "unmatched_label_rows": np.array(unmatched_labels)})
     save_truth(job.out_dir, truth)
     species, tissue = SLIDE_META[SLIDE_ID]
     return [SlideInfo(SLIDE_ID, LAYOUT, "ST", root, species, tissue, len(spots), int(match.in_detector.sum()),

@@ -3,7 +3,8 @@
 ``visium_1``: ``spatial/tissue_positions_list.csv`` (no header), ``filtered_feature_bc_matrix.h5``, a
 full-resolution ``image.tif`` + hires/lowres PNGs. ``visium_2``: ``spatial/tissue_positions.csv``
 (header), a ``filtered_feature_bc_matrix/`` MTX folder, and ``spatial/tissue_hires_image.png`` as its
-only image worth tiling.
+only image worth tiling. ``visium_1`` also holds two Loupe Browser exports (``Annotation.csv``,
+``Graph-Based.csv``: two annotation sets of its in-tissue spots).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from stlake.synth import labels
 from stlake.synth.expression import choose_genes, sample_counts
 from stlake.synth.formats import ensure_dir, write_10x_h5, write_10x_mtx, write_json
 from stlake.synth.image import Markers, Renderer, Scene
@@ -95,14 +97,17 @@ def write_slide(job: DatasetJob, variant: int) -> SlideInfo:
     _write_scalefactors(spatial, cap)
     _write_matrix(root, cap, expr)
     image = _write_images(root, spatial, cap, image_seed(job.seed, slide_id), job.sizes.tile)
+    sets = labels.write_loupe_exports(root, cap.barcodes, expr.domain, expr.in_tissue) if variant == 1 else {}
     truth = Truth(
         slide_id=slide_id, layout=LAYOUT, technology="Visium", spot_id=cap.barcodes, x=image.x, y=image.y,
         code=np.arange(len(cap.barcodes), dtype=np.int64), gene_names=expr.gene_names, counts=expr.counts,
-        labels=None, domain=expr.domain, image_path=image.path, in_tissue=expr.in_tissue,
+        labels=labels.normalised(next(iter(sets.values()))) if sets else None, domain=expr.domain,
+        image_path=image.path, in_tissue=expr.in_tissue,
         spot_diameter_px=image.spot_diameter_px, microns_per_pixel=image.mpp, image_width=image.width,
         image_height=image.height, gene_ids=expr.gene_ids, gene_symbols=expr.gene_names,
         extra={"array_row": cap.array_row, "array_col": cap.array_col, "pxl_col_in_fullres": cap.px,
-               "pxl_row_in_fullres": cap.py, "tissue_hires_scalef": np.array(cap.hires_scalef)})
+               "pxl_row_in_fullres": cap.py, "tissue_hires_scalef": np.array(cap.hires_scalef),
+               **(labels.truth_extra(sets) if sets else {})})
     save_truth(job.out_dir, truth)
     species, tissue = SLIDE_META[slide_id]
     return SlideInfo(slide_id, LAYOUT, "Visium", root, species, tissue, int(expr.in_tissue.sum()), len(cap.barcodes),
