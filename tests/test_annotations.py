@@ -305,7 +305,7 @@ def test_sql_label_counts_per_slide_and_cohort_and_tiles_of_one_label(spark, lab
     per_slide = spark.sql(queries.LABEL_COUNTS_PER_SLIDE).collect()
     assert {(r.slide_id, r.set, r.label): r.spots for r in per_slide} == \
         dict(Counter((r["slide_id"], r["set"], r["label"]) for r in rows))
-    slides = {r["slide_id"]: r["tissue"] for r in corpus.read_rows(labels_run.lake, "slides")}
+    slides = {r["slide_id"]: r["tissue"] or r["technology"] for r in corpus.read_rows(labels_run.lake, "slides")}
     per_cohort = spark.sql(queries.LABEL_COUNTS_PER_COHORT).collect()
     expected = Counter((slides[r["slide_id"]], r["set"], r["label"]) for r in rows if r["slide_id"] in slides)
     assert {(r.cohort, r.set, r.label): r.spots for r in per_cohort} == dict(expected)
@@ -313,3 +313,19 @@ def test_sql_label_counts_per_slide_and_cohort_and_tiles_of_one_label(spark, lab
     assert {(t.slide_id, t.spot_id) for t in tiles} == {(r["slide_id"], r["spot_id"]) for r in rows
                                                         if r["set"] == "Graph-Based" and r["label"] == "cluster 2"}
     assert tiles and all(t.tile_bytes > 0 and t.raw_label == "Cluster 2" for t in tiles)
+
+
+def test_obs_columns_named_in_the_manifest_are_sets():
+    import pandas as pd
+
+    from stlake.ingestion.readers.common import make_spots
+    from stlake.ingestion.readers.labels import read_files
+    spots = make_spots(np.array(["a", "b", "c"], dtype=object), np.zeros(3), np.zeros(3))
+    obs = pd.DataFrame({"pathology": pd.Categorical(["Tumor", None, "Stroma"]), "cluster": [1, 2, 2]},
+                       index=["a", "b", "zz"])
+    ref = SlideRef("s", "anndata", "Visium", {}, meta={"annotation_columns": "pathology; cluster,missing"})
+    warnings: list = []
+    spots, sets = read_files(ref, spots, warnings, obs=obs, obs_path="s.h5ad")
+    assert [s.name for s in sets] == ["pathology", "cluster"] and sets[0].source_uri == "s.h5ad#obs/pathology"
+    assert spots.annotations.tolist() == [["Tumor", "1"], [None, "2"], [None, None]]
+    assert sorted(r for r, _ in warnings) == ["annotation_missing", "annotation_unmatched", "annotation_unmatched"]

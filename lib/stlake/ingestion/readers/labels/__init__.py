@@ -5,7 +5,8 @@ One module per annotation format, each turning its source into :class:`~.sets.La
 - :mod:`.spot_table`: spot id + label tables (STimage-1K4M ``annotation/{slide}_anno.csv``);
 - :mod:`.loupe`: Loupe Browser ``Barcode,<category>`` CSVs (Visium, VisiumHD);
 - :mod:`.labelled_coords`: HER2ST-style ``*_labeled_coordinates.tsv`` (legacy ST), matched by array
-  position, else by the nearest spot centre within half the pitch.
+  position, else by the nearest spot centre within half the pitch;
+- :mod:`.obs`: ``obs`` columns of an AnnData file named in the manifest (``annotation_columns``).
 
 A reader calls :func:`read_files` with its slide's spots; the format of each file is recognised from its
 first line. :mod:`.sets` lays the sets onto the spots; :mod:`.mapping` normalises them (and applies a
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pandas as pd
+
 from stlake.ingestion.readers.common import first_line
 from stlake.ingestion.readers.labels import labelled_coords, loupe, spot_table
+from stlake.ingestion.readers.labels import obs as obs_labels
 from stlake.ingestion.readers.labels.mapping import check_label_map, finish, load_label_map, normalise
 from stlake.ingestion.readers.labels.sets import (
     ANNOTATION_ROLE,
@@ -54,12 +58,16 @@ def read_file(path: str, slide_id: str, spots: Spots, pitch_px: Optional[float],
         return []
 
 
-def read_files(ref: SlideRef, spots: Spots, warnings: list[Remark], pitch_px: Optional[float] = None
-               ) -> tuple[Spots, list[LabelSet]]:
+def read_files(ref: SlideRef, spots: Spots, warnings: list[Remark], pitch_px: Optional[float] = None,
+               obs: Optional[pd.DataFrame] = None, obs_path: str = "") -> tuple[Spots, list[LabelSet]]:
     """``spots`` with the sets of every annotation file of ``ref`` attached (see :func:`.sets.attach`).
 
-    ``pitch_px`` (the spot pitch in pixels of ``spots``) lets labelled coordinates fall back on pixel positions.
+    ``pitch_px`` (the spot pitch in pixels of ``spots``) lets labelled coordinates fall back on pixel positions;
+    ``obs`` (an AnnData ``obs`` frame read from ``obs_path``) adds the columns the manifest names
+    (``annotation_columns``), after the files.
     """
     found = [labels for path in annotation_paths(ref.paths)
              for labels in read_file(path, ref.slide_id, spots, pitch_px, warnings)]
+    if obs is not None:
+        found += obs_labels.read(obs, obs_labels.label_columns(ref), obs_path, spots, warnings)
     return attach(spots, found, ref.slide_id, warnings)
