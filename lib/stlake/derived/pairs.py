@@ -27,7 +27,7 @@ SPOT_COLUMNS = ["slide_id", "spot_id", "technology", "label", "tissue_fraction",
 EXPRESSION_COLUMNS = ["slide_id", "spot_id", "gene_ids", "counts", "total_counts"]
 SLIDE_COLUMNS = ["slide_id", "species", "tissue"]
 #: The tables ``pairs`` is built from (their versions are recorded in every ``pairs`` commit).
-SOURCE_TABLES = ("spots", "expression", "slides")
+SOURCE_TABLES = ("spots", "expression", "slides", "annotations")
 SOURCES_KEY = "sources"
 
 
@@ -63,7 +63,6 @@ def label_sets_frame(spark: SparkSession, lake: str, slide_ids: Optional[Sequenc
     """Per labelled spot: its sets' names (sorted) and their normalised labels; None without ``annotations``."""
     from pyspark.sql import functions as F
 
-    from stlake.lake import tables
     from stlake.sql import read_table
     if tables.open_table(lake, "annotations") is None:
         return None
