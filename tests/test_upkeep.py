@@ -14,7 +14,7 @@ from stlake.lake import lineage, storage, tables, upkeep
 from stlake.testing import lake as tl
 
 SLIDES = [tl.FakeSlide("u0", 0, base_spots=20), tl.FakeSlide("u1", 1, base_spots=15)]
-SOURCES = ("spots", "expression", "slides")
+SOURCES = pairs_mod.SOURCE_TABLES
 
 
 def reingested_lake(root) -> str:
