@@ -166,6 +166,11 @@ def test_pairs_rebuild_only_changed_slides_and_the_stream_warns_when_stale(spark
     with pytest.raises(pairs_mod.StalePairs):
         check_pairs_fresh(replace(spec, strict=True), version)
     check_pairs_fresh(StreamSpec(lake=lake, slide_ids=["u1"], strict=True), version)  # u1 is fresh
+    capsys.readouterr()
+    assert main(["stream", "--lake", lake, "--strict"]) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stlake stream: `pairs` in {lake} is older than spots/expression/slides for 1 slides (u0); "
+        "rebuild it with `stlake pairs`"]
 
     assert pairs_mod.build_pairs(spark, lake, run_id="p2", incremental=True) == version + 1
     second = upkeep.slide_files(tables.open_table(lake, "pairs"))

@@ -98,7 +98,12 @@ class StalePairs(RuntimeError):
 
 
 def check_fresh(lake: str, version: Optional[int] = None, slide_ids: Optional[Sequence[str]] = None) -> str:
-    """"" when ``pairs`` (at ``version``) is up to date for ``slide_ids`` (all when None), else why it is not."""
+    """"" when ``pairs`` (at ``version``) is up to date for ``slide_ids`` (all when None), else why it is not.
+
+    A missing ``pairs`` is not judged here (its readers say how to build it).
+    """
+    if tables.open_table(lake, "pairs") is None:
+        return ""
     stale = stale_slides(lake, version)
     if stale is None:
         return (f"`pairs` in {lake} does not record the table versions it was built from; "

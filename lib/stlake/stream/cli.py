@@ -65,8 +65,13 @@ def spec_from_args(args: argparse.Namespace) -> StreamSpec:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Stream a few batches; print their shapes and the throughput."""
+    from stlake.derived.pairs import check_fresh
     from stlake.stream import make_loader
     spec = spec_from_args(args)
+    problem = check_fresh(spec.lake, spec.version, spec.slide_ids) if spec.strict and spec.table == "pairs" else ""
+    if problem:  # --strict on an out-of-date pairs: one line, no traceback (the loader would raise StalePairs)
+        print(f"stlake stream: {problem}", file=sys.stderr)
+        return 3
     with make_loader(spec) as loader:
         print(f"{spec.table} v{loader.version}: {len(loader.files)} files, panel of {loader.panel.n_genes} genes "
               f"({', '.join(map(str, loader.panel.symbols[:5]))}{', ...' if loader.panel.n_genes > 5 else ''})"
