@@ -162,14 +162,14 @@ def test_pairs_rebuild_only_changed_slides_and_the_stream_warns_when_stale(spark
     spec = StreamSpec(lake=lake)
     with caplog.at_level(logging.WARNING, logger="stlake.stream.reader"):
         check_pairs_fresh(spec, version)
-    assert "older than spots/expression/slides for 1 slides (u0)" in caplog.text
+    assert f"older than {'/'.join(SOURCES)} for 1 slides (u0)" in caplog.text
     with pytest.raises(pairs_mod.StalePairs):
         check_pairs_fresh(replace(spec, strict=True), version)
     check_pairs_fresh(StreamSpec(lake=lake, slide_ids=["u1"], strict=True), version)  # u1 is fresh
     capsys.readouterr()
     assert main(["stream", "--lake", lake, "--strict"]) == 3
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"stlake stream: `pairs` in {lake} is older than spots/expression/slides for 1 slides (u0); "
+        f"stlake stream: `pairs` in {lake} is older than {'/'.join(SOURCES)} for 1 slides (u0); "
         "rebuild it with `stlake pairs`"]
 
     assert pairs_mod.build_pairs(spark, lake, run_id="p2", incremental=True) == version + 1

@@ -6,7 +6,7 @@ training stream reads one table and never joins per batch. Written with
 :func:`stlake.sql.writer.write_dataframe`, which puts one slide in every file (as in every stlake
 table) and removes the rebuilt slides' previous rows in the same commit — re-running never duplicates.
 
-Every build records the versions of ``spots``, ``expression`` and ``slides`` it read (``stlake.sources``
+Every build records the versions of the tables it joins (:data:`SOURCE_TABLES`) it read (``stlake.sources``
 in the commit), so a later build can rebuild only the slides whose rows changed since
 (:func:`stale_slides`, ``incremental=True``) and the stream can tell when ``pairs`` is out of date.
 """
@@ -94,7 +94,7 @@ def recorded_sources(lake: str, version: Optional[int] = None) -> Optional[dict[
 
 
 class StalePairs(RuntimeError):
-    """``pairs`` is older than the rows of ``spots``/``expression``/``slides`` (a strict stream refuses it)."""
+    """``pairs`` is older than the rows of the tables it joins (a strict stream refuses it)."""
 
 
 def check_fresh(lake: str, version: Optional[int] = None, slide_ids: Optional[Sequence[str]] = None) -> str:
@@ -113,12 +113,12 @@ def check_fresh(lake: str, version: Optional[int] = None, slide_ids: Optional[Se
     if not stale:
         return ""
     shown = ", ".join(sorted(stale)[:5]) + (", ..." if len(stale) > 5 else "")
-    return (f"`pairs` in {lake} is older than spots/expression/slides for {len(stale)} slides ({shown}); "
+    return (f"`pairs` in {lake} is older than {'/'.join(SOURCE_TABLES)} for {len(stale)} slides ({shown}); "
             f"rebuild it with `{BUILD_COMMAND}`")
 
 
 def stale_slides(lake: str, version: Optional[int] = None) -> Optional[set[str]]:
-    """Slides whose ``spots``/``expression``/``slides`` rows changed since ``pairs`` was built.
+    """Slides whose rows in the :data:`SOURCE_TABLES` changed since ``pairs`` was built.
 
     None when ``pairs`` does not say what it was built from (or that can no longer be read): all are stale.
     """

@@ -20,7 +20,7 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", default=default["table"])
     parser.add_argument("--version", type=int, help="Delta version to read (default: latest)")
     parser.add_argument("--strict", action="store_true",
-                        help="refuse a `pairs` table older than spots/expression (default: warn)")
+                        help="refuse a `pairs` table older than the tables it joins (default: warn)")
     for flag, dest in (("--technology", "technologies"), ("--species", "species"), ("--tissue", "tissues"),
                        ("--label", "labels"), ("--slide", "slide_ids")):
         parser.add_argument(flag, dest=dest, action="append", type=_list, help="filter (repeatable, a,b,c)")

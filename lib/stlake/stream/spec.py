@@ -48,8 +48,8 @@ class StreamSpec:
     Sharding: ``cur_shard`` / ``shard_count`` split the row groups of the snapshot into disjoint parts
     (one per training process). ``num_epochs=None`` streams forever. ``version`` pins the Delta
     version (every rank of a job should read the same one; ``None`` = the latest when the loader opens).
-    A ``pairs`` stream warns when ``pairs`` is older than the rows of ``spots``/``expression``/``slides``
-    of its slides (rebuild with ``stlake pairs``); ``strict`` refuses to stream it.
+    A ``pairs`` stream warns when ``pairs`` is older than the rows of its slides in the tables it joins
+    (rebuild with ``stlake pairs``); ``strict`` refuses to stream it.
     """
 
     lake: str
