@@ -28,7 +28,7 @@ $(STAMP): setup.py
 demo: venv
 	rm -rf $(DEMO_DATA) $(LAKE)
 	$(PY) -m stlake.cli synth --out $(DEMO_DATA) --size small --corrupt
-	$(PY) -m stlake.cli ingest --source $(DEMO_DATA)/manifest.csv --lake $(LAKE)
+	$(PY) -m stlake.cli ingest --source $(DEMO_DATA)/manifest.csv --lake $(LAKE) --allow-rejects
 	$(PY) -m stlake.demo --lake $(LAKE)
 
 demo-s3: venv

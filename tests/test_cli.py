@@ -1,6 +1,7 @@
 """The command line: ingest flags derived from ``IngestOptions``; thin job entry points."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import subprocess
@@ -73,3 +74,94 @@ def test_jobs_are_thin_entry_points_of_the_cli(script):
                             timeout=120, cwd=str(ROOT / "jobs"))
     assert result.returncode == 0, result.stderr
     assert "--lake" in result.stdout
+
+
+# ---------------------------------------------------------------- help, version, errors, exit codes (issue 11)
+
+def all_commands() -> dict[str, argparse.ArgumentParser]:
+    """Every ``stlake`` subcommand's parser, registered ones included."""
+    return dict(cli.build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    for name, parser in all_commands().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            assert action.help, f"stlake {name} {action.option_strings or action.dest}: no help"
+            shown = formatter._get_help_string(action)
+            has_default = action.option_strings and action.nargs != 0 and action.default not in (None, [], ())
+            if has_default:
+                assert "default" in shown, f"stlake {name} {action.option_strings}: default not shown"
+        text = parser.format_help().split("\n\n", 1)[1]  # after the usage (argparse cannot break a long choice list)
+        wide = [line for line in text.splitlines() if len(line) > 100]  # descriptions and help wrapped, no mess
+        assert not wide, (name, wide)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert re.match(r"stlake \S+ \(pyspark 4\.0\.\d+, deltalake \S+, Python 3\.\d+", capsys.readouterr().out)
+
+
+def test_usage_errors_are_one_line_with_their_own_exit_code(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ingest", "--source", "x", "--border", "mirror"])
+    assert exit_.value.code == cli.EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("stlake ingest: error: argument --border")
+    assert cli.main(["stream", "--lake", "x", "--cur-shard", "1"]) == cli.EXIT_USAGE  # options that go together
+    assert "cur_shard and shard_count go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["tables"], ["sql", "SELECT 1"], ["pairs"], ["hvg"], ["stream"]])
+def test_a_missing_lake_ends_in_two_lines_before_spark(tmp_path, capsys, argv):
+    lake = str(tmp_path / "nowhere")
+    assert cli.main([*argv, "--lake", lake]) == cli.EXIT_RUN_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"stlake {argv[0]}: no lake at {lake}",
+                     f"  hint: build one with `stlake ingest --source <slides> --lake {lake}`, or fix --lake"]
+    (tmp_path / "afile").write_text("x")
+    assert cli.main([*argv, "--lake", str(tmp_path / "afile")]) == cli.EXIT_RUN_ERROR
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_tables_of_a_nonexistent_lake_fails_clearly():
+    result = subprocess.run([sys.executable, "-m", "stlake.cli", "tables", "--lake", "/nonexistent"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == cli.EXIT_RUN_ERROR and result.stdout == ""
+    assert result.stderr.splitlines()[0] == "stlake tables: no lake at /nonexistent"
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("boom")
+    args = cli.build_parser().parse_args(["tables"])
+    args.run = broken
+    assert cli.run_command(args) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("stlake tables: unexpected KeyError: 'boom'")
+    args.debug = True
+    assert cli.run_command(args) == cli.EXIT_FAILED
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_readme_documents_every_exit_code():
+    from stlake import errors
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Exit codes"):]
+    for code, meaning in errors.EXIT_CODES.items():
+        assert f"| {code} | {meaning} |" in section, (code, meaning)
+
+
+def test_ingest_summary_is_a_short_table():
+    from stlake.ingestion.driver import IngestReport
+    report = IngestReport(run_id="r1", landed=["a", "b"], rejected={"c": "image_corrupt", "d": "image_corrupt"},
+                          rows={"spots": 1200, "expression": 1200}, versions={"expression": 3, "spots": 3, "slides": 2},
+                          tasks={}, peak_decoded_bytes={}, seconds=12.34)
+    lines = cli.ingest_summary(report).splitlines()
+    assert lines[0] == "run r1: 2 landed, 2 rejected in 12.3 s"
+    assert lines[1].startswith("rejected: image_corrupt 2")
+    assert [line.split()[:2] for line in lines[3:]] == [["expression", "1,200"], ["spots", "1,200"], ["slides", "2"]]

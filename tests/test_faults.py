@@ -263,7 +263,7 @@ def stop_tree(job: subprocess.Popen) -> None:
 def ingest_command(manifest: Path, lake: Path) -> list[str]:
     """``stlake ingest`` with the product's own master handling (``local[2]`` gets its failure count)."""
     return [sys.executable, "-m", "stlake.cli", "ingest", "--source", str(manifest), "--lake", str(lake),
-            "--master", "local[2]"]
+            "--master", "local[2]", "--json"]
 
 
 @pytest.fixture(scope="module")

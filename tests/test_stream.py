@@ -228,6 +228,18 @@ def test_shards_are_disjoint_and_cover_the_filtered_snapshot(lake):
         assert sum(len(s) for s in slides_per_shard) == len(set().union(*slides_per_shard))
 
 
+def test_more_shards_than_row_groups_split_rows_instead(lake):
+    """One slide's file is one row group: four shards each keep their own rows (none fails, none overlaps)."""
+    from stlake.stream.reader import build_plan
+    one_file = StreamSpec(lake, panel=["GENE000"], slide_ids=["a0"], cur_shard=3, shard_count=4)
+    assert build_plan(one_file).row_shard == (3, 4)
+    assert build_plan(StreamSpec(lake, panel=["GENE000"], cur_shard=0, shard_count=2)).row_shard is None
+    parts = [keys(stream(lake, cur_shard=i, shard_count=4, slide_ids=["a0"])) for i in range(4)]
+    union = [k for part in parts for k in part]
+    assert len(union) == len(set(union)) and set(union) == set(keys(stream(lake, slide_ids=["a0"])))
+    assert sum(bool(part) for part in parts) >= 2
+
+
 def test_shuffle_is_deterministic_for_a_seed_and_differs_across_seeds_and_epochs(lake):
     options = dict(shuffle=True, shuffle_buffer=16, num_epochs=2, batch_size=8)
     first, again = keys(stream(lake, seed=11, **options)), keys(stream(lake, seed=11, **options))

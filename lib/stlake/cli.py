@@ -1,18 +1,38 @@
-"""``stlake`` command line: synth, ingest, sql, tables, pairs, hvg, stream, train.
+"""stlake: spatial-transcriptomics slides -> a Delta lake on Spark, then SQL, pairs, gene panels, streaming, training.
 
-Results go to stdout; the library's log records (progress, rejected slides) go to stderr.
+Results go to stdout; progress, warnings and errors go to stderr. An error ends in one or two lines
+(--debug shows the traceback). Exit codes: see README ("Exit codes") and stlake/errors.py.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import os
+import shutil
 import sys
+import textwrap
+import traceback
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
+from stlake.errors import (
+    EXIT_COMMIT_FAILED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SLIDES,
+    EXIT_OK,
+    EXIT_REJECTS,
+    EXIT_RUN_ERROR,
+    EXIT_USAGE,
+    UsageError,
+    UserError,
+    explain,
+    require_lake,
+)
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import layout_names
 from stlake.lake.cli import register as register_upkeep_commands
+from stlake.progress import PROGRESS_MODES
 from stlake.qc.cli import register as register_qc_command
 from stlake.stream.cli import register as register_stream_commands
 from stlake.train.job import register as register_train_command
@@ -20,10 +40,8 @@ from stlake.train.job import register as register_train_command
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-#: ``stlake ingest`` exit codes besides 0 (the report printed; some entries may have been rejected).
-EXIT_COMMIT_FAILED = 2  # a table commit failed; the message says whether a re-run can help
-EXIT_RUN_ERROR = 3  # the source cannot be opened, or the lake path cannot hold a lake; nothing was done
-EXIT_NO_SLIDES = 4  # the source holds no entry at all; nothing was done
+__all__ = ["EXIT_COMMIT_FAILED", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_SLIDES", "EXIT_OK", "EXIT_REJECTS",
+           "EXIT_RUN_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
 
 def parse_size(text: str) -> int:
@@ -80,9 +98,8 @@ def session_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
     from stlake.spark import spark_session
     try:
         return spark_session(app_name, master=args.master, remote=args.remote)
-    except ValueError as error:
-        print(f"stlake: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except ValueError as error:  # a master and a remote (e.g. $SPARK_REMOTE) together
+        raise UsageError(str(error)) from error
 
 
 def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +109,11 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         flag, kwargs = _flag_arguments(field, hints[field.name])
         parser.add_argument(flag, **kwargs)
     add_session_arguments(parser)
+    parser.add_argument("--allow-rejects", action="store_true",
+                        help=f"exit 0 when some slides were rejected (default: exit {EXIT_REJECTS}) as long as "
+                             "one landed")
+    parser.add_argument("--json", action="store_true", help="print the run's JSON report instead of the summary")
+    parser.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
 
 
 def options_from_args(args: argparse.Namespace) -> IngestOptions:
@@ -103,52 +125,68 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """``stlake ingest``: run the ingest job and print its report as JSON (exit codes: ``EXIT_*``).
+    """``stlake ingest``: run the ingest job, show its progress and summary (exit codes: ``stlake.errors``).
 
     The lake path and the source are checked, and slides discovered, before Spark starts: a run that
-    cannot start ends with one line on stderr and no traceback.
+    cannot start ends with one line on stderr.
     """
     from stlake.ingestion.discover import no_slides_message
-    from stlake.ingestion.driver import CommitFailed, ingest, prepare_run
-    from stlake.ingestion.records import RunError
+    from stlake.ingestion.driver import ingest, prepare_run
+    from stlake.progress import ConsoleProgress
     options = options_from_args(args)
-    try:
-        found = prepare_run(options)
-        if found.empty:
-            return fail(no_slides_message(found.source), EXIT_NO_SLIDES)
-        report = ingest(session_from_args(args, "stlake-ingest"), options, found=found)
-    except RunError as error:
-        return fail(str(error), EXIT_RUN_ERROR)
-    except CommitFailed as error:
-        return fail(str(error), EXIT_COMMIT_FAILED)
-    print(report.to_json())
-    return 0
+    found = prepare_run(options)
+    if found.empty:
+        raise UserError(no_slides_message(found.source), code=EXIT_NO_SLIDES)
+    progress = ConsoleProgress(args.progress)
+    progress.status(f"starting Spark for {len(found.refs)} slide(s)")
+    report = ingest(session_from_args(args, "stlake-ingest"), options, found=found, progress=progress)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as handle:
+            handle.write(report.to_json() + "\n")
+    print(report.to_json() if args.json else ingest_summary(report))
+    if report.rejected and (not args.allow_rejects or not report.landed):
+        return EXIT_REJECTS
+    return EXIT_OK
 
 
-def fail(message: str, code: int) -> int:
-    """Print ``stlake ingest: message`` on stderr; returns the exit ``code``."""
-    print(f"stlake ingest: {message}", file=sys.stderr)
-    return code
+def ingest_summary(report: Any) -> str:
+    """A short human table of an :class:`~stlake.ingestion.driver.IngestReport`."""
+    reasons: dict[str, int] = {}
+    for reason in report.rejected.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    lines = [f"run {report.run_id}: {len(report.landed)} landed, {len(report.rejected)} rejected "
+             f"in {report.seconds:.1f} s"]
+    if reasons:
+        lines.append("rejected: " + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) +
+                     " (details: stlake sql \"SELECT * FROM rejects\")")
+    rows = {**report.rows, "slides": len(report.landed)}
+    lines.append(f"{'table':12s} {'rows written':>12s}  version")
+    for table, version in report.versions.items():
+        written = f"{rows[table]:,}" if table in rows else ""
+        lines.append(f"{table:12s} {written:>12s}  v{version}")
+    return "\n".join(lines)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """``stlake sql``: show the first rows of a Spark SQL query over the lake's views."""
+    require_lake(args.lake)
     from stlake.sql import run_sql
     frame = run_sql(session_from_args(args, "stlake-sql"), args.lake, args.query)
     frame.show(args.limit, truncate=args.truncate)
-    return 0
+    return EXIT_OK
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
     """``stlake tables``: print each existing table's version, file count and row count."""
+    require_lake(args.lake)
     from stlake.lake import schemas, tables
     for name in schemas.TABLES:
         table = tables.open_table(args.lake, name)
         if table is not None:
             actions = tables.add_actions(table)
             rows = sum(actions.column("num_records").to_pylist()) if actions.num_rows else 0
-            print(f"{name:12s} version {table.version():4d}  files {actions.num_rows:5d}  rows {rows}")
-    return 0
+            print(f"{name:12s} version {table.version():4d}  files {actions.num_rows:5d}  rows {rows:,}")
+    return EXIT_OK
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -160,65 +198,188 @@ def cmd_synth(args: argparse.Namespace) -> int:
         sizes = dataclasses.replace(sizes, hd_bins=args.hd_bins)
     summary = generate(args.out, size=sizes, seed=args.seed, layouts=tuple(args.layouts), corrupt=args.corrupt)
     print(f"wrote {sum(len(v) for k, v in summary.get('slides', {}).items())} slides to {args.out}")
-    return 0
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that fits the terminal (at most 100 columns), shows every default, and keeps example lines.
+
+    Descriptions are filled paragraph by paragraph; a paragraph with indented lines (commands) is kept
+    as written. An option's help gets ``(default: X)`` unless it names its default already or is a switch.
+    """
+
+    def __init__(self, prog: str) -> None:
+        width = min(shutil.get_terminal_size((100, 24)).columns, 100) - 2
+        super().__init__(prog, max_help_position=30, width=width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = textwrap.dedent(text).strip().split("\n\n")
+        out = []
+        for paragraph in paragraphs:
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(lines), width, initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(out)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.nargs == 0 or default is None or default == argparse.SUPPRESS
+                or "default" in text or default in ([], ())):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line plus a hint, with the usage exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if kwargs["formatter_class"] is argparse.RawDescriptionHelpFormatter:
+            kwargs["formatter_class"] = HelpFormatter  # registered commands: keep their examples, fit the width
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:
+        """``stlake ingest: error: ...`` and where to look; exits with ``EXIT_USAGE``."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n  hint: `{self.prog} --help` lists the options\n")
+
+
+#: Flags every command accepts (added after the commands are registered, so registered ones get them too).
+COMMON_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("-v", "--verbose"), {"action": "store_true",
+                           "help": "more detail: stlake's debug lines and Spark's INFO logs (as "
+                                   "STLAKE_SPARK_LOG_LEVEL=INFO)"}),
+    (("--debug",), {"action": "store_true", "help": "show the Python traceback of an error"}),
+    (("--progress",), {"choices": PROGRESS_MODES, "default": "auto",
+                       "help": "progress on stderr: a live line on a terminal, plain lines otherwise"}),
+)
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """:data:`COMMON_FLAGS` on ``parser``, except those it defines itself."""
+    taken = parser._option_string_actions
+    for flags, kwargs in COMMON_FLAGS:
+        free = [flag for flag in flags if flag not in taken]
+        if free and flags[-1] in free:
+            parser.add_argument(*free, **kwargs)
+
+
+def version_text() -> str:
+    """``stlake 0.1.0 (pyspark 4.0.5, deltalake 1.6.6, Python 3.11.2)``, from the installed metadata."""
+    from importlib import metadata
+    versions = []
+    for name in ("stlake", "pyspark", "deltalake"):
+        try:
+            versions.append(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            versions.append("?")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"stlake {versions[0]} (pyspark {versions[1]}, deltalake {versions[2]}, Python {python})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``stlake`` parser with every subcommand; each sets ``run`` to its handler."""
-    parser = argparse.ArgumentParser(prog="stlake", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    ingest = sub.add_parser("ingest", help="raw slides -> Delta tables (Spark job)")
+    parser = Parser(prog="stlake", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_text(), help="print versions and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    synth = sub.add_parser("synth", help="write a synthetic dataset in every layout (with ground truth)",
+                           description="Write synthetic slides in every input layout, with their ground truth.")
+    synth.add_argument("--out", required=True, help="folder to write (created)")
+    synth.add_argument("--size", choices=("small", "full"), default="small",
+                       help="small: tiny slides for tests; full: real-sized images")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    synth.add_argument("--layouts", nargs="+", choices=layout_names(), default=list(layout_names()),
+                       help="layouts to write")
+    synth.add_argument("--corrupt", action="store_true", help="also write broken slides (rejected by ingest)")
+    synth.add_argument("--hd-bins", type=int, default=0, metavar="N",
+                       help="VisiumHD: 8 µm bins per side (the 2 µm level has 4N x 4N bins); 0: the size's")
+    synth.set_defaults(run=cmd_synth)
+    ingest = sub.add_parser("ingest", help="raw slides -> Delta tables (Spark job)",
+                            description="Discover slides, tile and read their counts on Spark, commit the lake's "
+                                        "Delta tables. Progress on stderr, a summary (or --json) on stdout.")
     add_ingest_arguments(ingest)
     ingest.set_defaults(run=cmd_ingest)
-    sql = sub.add_parser("sql", help="run Spark SQL over the lake's tables")
-    sql.add_argument("query")
-    sql.add_argument("--lake", default="./lake")
-    sql.add_argument("--limit", type=int, default=20)
-    sql.add_argument("--truncate", type=int, default=60)
+    sql = sub.add_parser("sql", help="run Spark SQL over the lake's tables",
+                         description="Run Spark SQL over the lake's tables (each one a view: spots, expression, "
+                                     "genes, slides, rejects, ...).")
+    sql.add_argument("query", help="the SQL, e.g. \"SELECT COUNT(*) FROM spots\"")
+    sql.add_argument("--lake", default="./lake", help="lake root: a local folder or s3://bucket/prefix")
+    sql.add_argument("--limit", type=int, default=20, help="rows to show")
+    sql.add_argument("--truncate", type=int, default=60, help="cut cells to this many characters (0: never)")
     add_session_arguments(sql)
     sql.set_defaults(run=cmd_sql)
-    tbl = sub.add_parser("tables", help="list the lake's tables, versions and row counts")
-    tbl.add_argument("--lake", default="./lake")
+    tbl = sub.add_parser("tables", help="list the lake's tables, versions and row counts",
+                         description="List the lake's tables with their Delta version, files and rows (no Spark).")
+    tbl.add_argument("--lake", default="./lake", help="lake root: a local folder or s3://bucket/prefix")
     tbl.set_defaults(run=cmd_tables)
-    synth = sub.add_parser("synth", help="write a synthetic dataset in every layout")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--size", choices=("small", "full"), default="small")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--layouts", nargs="+", choices=layout_names(), default=list(layout_names()),
-                       help="layouts to write (default: all)")
-    synth.add_argument("--corrupt", action="store_true", help="also write broken slides")
-    synth.add_argument("--hd-bins", type=int, default=0, metavar="N",
-                       help="VisiumHD: 8 µm bins per side (the 2 µm level has 4N x 4N bins); default: the size's")
-    synth.set_defaults(run=cmd_synth)
     register_stream_commands(sub)
     register_train_command(sub)
     register_upkeep_commands(sub)
     register_qc_command(sub)
+    for command in sub.choices.values():
+        add_common_flags(command)
     return parser
 
 
-def configure_logging() -> None:
-    """Log records to stderr: stlake's from INFO up as ``stlake: message``, other libraries' from WARNING up.
+def configure_logging(verbose: bool = False) -> None:
+    """Stlake's log records to stderr as ``stlake: message`` (INFO up, DEBUG with ``verbose``); others' WARNING up.
 
-    Does nothing when logging is already configured (the root logger has a handler), e.g. by an
-    application that calls :func:`main` or by a previous call.
+    The root logger is configured only when nothing configured it (an application that calls
+    :func:`main`, or spark-submit's Python, may have); stlake's own handler is added once.
     """
-    if logging.getLogger().handlers:
-        return
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("stlake: %(message)s"))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s")
     package = logging.getLogger("stlake")
-    package.setLevel(logging.INFO)
-    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(handler, "_stlake", False) for handler in package.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stlake: %(message)s"))
+        handler._stlake = True  # type: ignore[attr-defined]
+        package.addHandler(handler)
     package.propagate = False
+    for name in () if verbose else PYSPARK_ERROR_LOGGERS:  # stlake prints the error once, briefly
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # (a plain logger: PySpark's then finds it disabled)
+
+
+#: PySpark's loggers that repeat an analysis error as a JSON line (with the whole stack) before it is raised.
+PYSPARK_ERROR_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors a person can act on end in one or two lines and their exit code."""
+    name = f"stlake {args.command}"
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        explained = explain(error)
+        if explained is None:
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            explained = (f"unexpected {type(error).__name__}: {first}\n  hint: `--debug` shows the traceback; "
+                         "please report it if the input looks right", EXIT_FAILED)
+        message, code = explained
+        print(f"{name}: {message}", file=sys.stderr)
+        return code
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default: the process's arguments), run the chosen command; its exit status."""
-    configure_logging()
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    verbose = getattr(args, "verbose", False)
+    configure_logging(verbose)
+    if verbose:
+        from stlake.spark import LOG_LEVEL_VARIABLE
+        os.environ.setdefault(LOG_LEVEL_VARIABLE, "INFO")
+    return run_command(args)
 
 
 if __name__ == "__main__":

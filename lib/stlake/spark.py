@@ -9,17 +9,21 @@ Tasks are retried on every master: a crashed Python worker fails one attempt of 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Optional, cast
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from stlake.lake.storage import LOCAL_CREDENTIALS, STORAGE_SETTINGS
+
+log = logging.getLogger(__name__)
 
 LOCAL_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
@@ -29,6 +33,11 @@ LOCAL_DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
 }
 
+
+#: stlake's log4j2 configuration (shipped in the package): Spark's warnings and errors only, no banner.
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+#: Set to a log4j level (``INFO``, ``DEBUG``...; ``stlake -v`` sets INFO) to get Spark's own logging back.
+LOG_LEVEL_VARIABLE = "STLAKE_SPARK_LOG_LEVEL"
 
 #: Attempts per task (Spark's cluster default); a local master gets it as its failure count.
 TASK_ATTEMPTS = 4
@@ -74,7 +83,50 @@ def submitted_conf() -> dict[str, str]:
     """The settings spark-submit gave this driver (or the running JVM's); empty in a plain Python process."""
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # started by spark-submit: connect to its JVM, which holds them
         SparkContext._ensure_initialized()
+        quiet_running_jvm()
     return dict(SparkConf().getAll())
+
+
+def spark_log_level() -> Optional[str]:
+    """The Spark log level asked for by ``$STLAKE_SPARK_LOG_LEVEL``; None means stlake's quiet configuration."""
+    return os.environ.get(LOG_LEVEL_VARIABLE) or None
+
+
+def _names_log4j_config(java_options: str) -> bool:
+    """True when JVM options already choose a log4j configuration (the user's wins)."""
+    return "log4j2.configurationFile" in java_options or "log4j.configuration" in java_options
+
+
+def quiet_logging_conf(configured: Mapping[str, str]) -> dict[str, str]:
+    """``spark.driver.extraJavaOptions`` that point log4j2 at :data:`LOG4J_CONFIG` for a JVM about to start.
+
+    Empty when a log level is asked for (:func:`spark_log_level`) or the options already name a log4j
+    configuration; other Java options in ``configured`` are kept.
+    """
+    options = configured.get("spark.driver.extraJavaOptions", "")
+    if spark_log_level() or _names_log4j_config(options):
+        return {}
+    return {"spark.driver.extraJavaOptions": f"{options} -Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}".strip()}
+
+
+def quiet_running_jvm() -> None:
+    """Under spark-submit (the JVM started before Python), switch its log4j2 to :data:`LOG4J_CONFIG`.
+
+    Done before the SparkContext starts, so its ~40 INFO lines never print. Spark reloads its default
+    profile when a context starts unless its flag saying that it installed them is cleared (a Spark
+    internal: if that ever fails, the logs just stay as they were). Left alone when a log level is asked
+    for or the JVM was given a log4j configuration.
+    """
+    jvm = SparkContext._jvm
+    if jvm is None or spark_log_level() or jvm.java.lang.System.getProperty("log4j2.configurationFile"):
+        return
+    try:
+        spark_logging = jvm.java.lang.Class.forName("org.apache.spark.internal.Logging$").getField("MODULE$").get(None)
+        getattr(spark_logging, "org$apache$spark$internal$Logging$$defaultSparkLog4jConfig_$eq")(False)
+        context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
+        context.setConfigLocation(jvm.java.net.URI.create(LOG4J_CONFIG.as_uri()))
+    except Exception as error:  # py4j errors: a Spark without that flag
+        log.debug("Spark's log4j configuration left as it is: %s", error)
 
 
 def choose_remote(master: Optional[str], remote: Optional[str]) -> Optional[str]:
@@ -98,7 +150,8 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
     spark-submit's master > ``$STLAKE_SPARK_MASTER`` > local[*]. Every master retries tasks
     (:data:`TASK_ATTEMPTS` attempts): a local master without a failure count gets one
     (:func:`with_task_retries`), others ``spark.task.maxFailures`` unless ``conf`` or spark-submit set
-    it (:func:`task_retry_conf`).
+    it (:func:`task_retry_conf`). Spark logs only warnings and errors (:data:`LOG4J_CONFIG`) unless
+    ``$STLAKE_SPARK_LOG_LEVEL`` asks for a level.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -114,10 +167,11 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
         builder = builder.config("spark.driver.memory", os.environ.get("STLAKE_DRIVER_MEMORY", "4g"))
         builder = builder.config("spark.ui.enabled", os.environ.get("STLAKE_SPARK_UI", "false"))
     retries = task_retry_conf(chosen, [*submitted, *(conf or {})])
-    for key, value in {**LOCAL_DEFAULTS, **retries, **(conf or {})}.items():
+    quiet = quiet_logging_conf({**submitted, **(conf or {})})
+    for key, value in {**LOCAL_DEFAULTS, **retries, **(conf or {}), **quiet}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel(os.environ.get("STLAKE_SPARK_LOG_LEVEL", "WARN"))
+    session.sparkContext.setLogLevel(spark_log_level() or "WARN")
     return session
 
 
@@ -133,6 +187,7 @@ def connect_session(app_name: str, remote: str, conf: Optional[dict[str, str]] =
         builder = SparkSession.builder.remote(with_task_retries(remote)).appName(app_name)
         local = {"spark.driver.memory": os.environ.get("STLAKE_DRIVER_MEMORY", "4g"),
                  "spark.ui.enabled": os.environ.get("STLAKE_SPARK_UI", "false"), **settings}
+        local.update(quiet_logging_conf(local))
         for key, value in local.items():
             builder = builder.config(key, value)
         with warnings.catch_warnings():  # pyspark re-applies the server's static settings to the session, and warns

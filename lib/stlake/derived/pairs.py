@@ -32,9 +32,10 @@ SOURCES_KEY = "sources"
 
 
 def missing_table_error(lake: str, table: str) -> FileNotFoundError:
-    """The error for a table that is not in ``lake``; for ``pairs`` it says how to build it."""
-    hint = f" (build it with `{BUILD_COMMAND}`)" if table == "pairs" else ""
-    return FileNotFoundError(f"no Delta table {table!r} in {lake}{hint}")
+    """The error for a table that is not in ``lake`` (a ``MissingTable``); for ``pairs`` it says how to build it."""
+    from stlake.errors import MissingTable
+    hint = f"build it with `{BUILD_COMMAND} --lake {lake}`" if table == "pairs" else "`stlake tables` lists the tables"
+    return MissingTable(f"no Delta table {table!r} in {lake}", hint)
 
 
 def pairs_frame(spark: SparkSession, lake: str, slide_ids: Optional[Sequence[str]] = None) -> DataFrame:

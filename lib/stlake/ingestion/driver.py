@@ -29,6 +29,7 @@ from stlake.ingestion.readers.labels import check_label_map
 from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
 from stlake.ingestion.units import UnitResult, run_unit
 from stlake.lake import genes, schemas, storage, tables
+from stlake.progress import LogProgress, Meter, Progress, count, spark_tasks
 from stlake.spark import default_parallelism, forward_storage_environment
 from stlake.tasks import run_each
 
@@ -322,35 +323,68 @@ def prepare_run(options: IngestOptions) -> Discovery:
     return find_slides(options.source, options.layouts)
 
 
+def discovered_line(found: Discovery) -> str:
+    """``12 slides in data/demo/manifest.csv: stimage 8, visium 2, visiumhd 1, st 1 (2 entries refused)``."""
+    layouts: dict[str, int] = defaultdict(int)
+    for ref in found.refs:
+        layouts[ref.layout] += 1
+    per_layout = ", ".join(f"{layout} {n}" for layout, n in sorted(layouts.items()))
+    refused = f" ({len(found.rejected)} refused)" if found.rejected else ""
+    found_line = f"found {count(len(found.refs), 'slide')} in {found.source}"
+    return found_line + (f": {per_layout}" if per_layout else "") + refused
+
+
+def report_outcomes(progress: Progress, outcomes: list[SlideOutcome], landed: bool) -> None:
+    """One line per slide: the rejected ones (``landed=False``), or the landed ones with their spot counts."""
+    for outcome in outcomes:
+        if outcome.error is not None and not landed:
+            detail = outcome.error.detail.splitlines()[0] if outcome.error.detail else ""
+            progress.warn(f"rejected {outcome.slide_id}: {outcome.error.reason}" + (f" ({detail})" if detail else ""))
+        elif outcome.error is None and landed:
+            spots = sum(r.rows for r in outcome.results if r.kind == "tiles")
+            warned = f", {count(len(outcome.warnings), 'warning')} in rejects" if outcome.warnings else ""
+            progress.note(f"landed {outcome.slide_id}: {count(spots, 'spot')}{warned}")
+
+
+def count_results(meter: Meter, results: list[UnitResult]) -> None:
+    """The units' exact counts, once their results are back."""
+    meter.update(done=len(results), tiles=sum(r.rows for r in results if r.kind == "tiles"),
+                 expression=sum(r.rows for r in results if r.kind == "expression"),
+                 failed=sum(r.error is not None for r in results))
+
+
 def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = None,
-           found: Optional[Discovery] = None) -> IngestReport:
+           found: Optional[Discovery] = None, progress: Optional[Progress] = None) -> IngestReport:
     """Run the whole ingest job; returns what landed, what was rejected and why.
 
     ``found`` is :func:`prepare_run`'s result when the caller already has it (the CLI checks a run
     before it starts Spark). A source without any entry logs "no slides found" and lands nothing.
+    ``progress`` hears what happens as it happens (default: log records).
     """
     started = time.time()
+    progress = progress or LogProgress(log)
     run_id = tables.check_name("run id", run_id) if run_id else tables.new_run_id()
     found = prepare_run(options) if found is None else found
     if found.empty:
         log.warning(no_slides_message(found.source))
     forward_storage_environment(spark)
     refs = found.refs
-    log.info("run %s: %d slide(s) found in %s, %d entr%s refused", run_id, len(refs), options.source,
-             len(found.rejected), "y" if len(found.rejected) == 1 else "ies")
-    plans = plan_slides(spark, refs, options)
-    results = run_units(spark, plans, options.lake, run_id)
-    log.info("run %s: %d unit(s) of %d planned slide(s) done", run_id, len(results),
-             sum(p.error is None for p in plans))
+    progress.note(f"run {run_id}: {discovered_line(found)}")
+    with progress.meter("planning", len(refs), "slides") as meter, spark_tasks(spark, meter.tasks):
+        plans = plan_slides(spark, refs, options)
+        meter.update(done=len(plans), rejected=sum(p.error is not None for p in plans))
+    with progress.meter("units", sum(len(p.units) for p in plans if p.error is None), "tasks", "tiles") as meter, \
+            spark_tasks(spark, meter.tasks):
+        results = run_units(spark, plans, options.lake, run_id)
+        count_results(meter, results)
     outcomes = judge(plans, results)
-    for outcome in outcomes:
-        if outcome.error is not None:
-            log.warning("slide %s rejected: %s (%s)", outcome.slide_id, outcome.error.reason,
-                        outcome.error.detail.splitlines()[0] if outcome.error.detail else "")
+    report_outcomes(progress, outcomes, landed=False)
     versions = commit_run(options.lake, outcomes, options, run_id, found.rejected)
+    report_outcomes(progress, outcomes, landed=True)
     landed = [o for o in outcomes if o.error is None]
-    log.info("run %s: %d slide(s) landed, %d rejected", run_id, len(landed),
-             len(outcomes) - len(landed) + len(found.rejected))
+    progress.note(f"run {run_id}: {count(len(landed), 'slide')} landed, "
+                  f"{len(outcomes) - len(landed) + len(found.rejected)} rejected; committed "
+                  + (", ".join(f"{name} v{version}" for name, version in versions.items()) or "nothing"))
     rows: dict[str, int] = defaultdict(int)
     for data_file in (f for o in landed for r in o.results for f in r.files):
         rows[data_file.table] += data_file.num_records

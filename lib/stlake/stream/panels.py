@@ -121,16 +121,18 @@ def stored_panel(lake: str, name: str, species: Optional[Sequence[str]] = None) 
         keep = [s in set(species) for s in rows.column("species").to_pylist()]
         rows = rows.filter(pa.array(keep, pa.bool_()))
     if rows.num_rows == 0:
-        raise LookupError(f"gene panel {name!r} not found in {lake}{_hvg_hint(name)}")
+        from stlake.errors import MissingPanel
+        raise MissingPanel(f"gene panel {name!r} not found in {lake}", _hvg_hint(name))
     gene_ids = rows.column("gene_id").to_numpy()
     symbols = [s if s is not None else str(g) for s, g in zip(rows.column("symbol").to_pylist(), gene_ids)]
     return Panel(gene_ids, symbols, name=name)
 
 
 def _hvg_hint(name: str) -> str:
-    """How to compute a missing ``hvg{k}`` panel ("" for other names)."""
+    """How to compute a missing ``hvg{k}`` panel (where to look for other names)."""
     k = name[3:]
-    return f" (compute it with `stlake hvg --k {k}`)" if name.startswith("hvg") and k.isdigit() else ""
+    return (f"compute it with `stlake hvg --k {k}`" if name.startswith("hvg") and k.isdigit() else
+            "panels: SELECT DISTINCT name FROM gene_panels")
 
 
 def resolve_panel(lake: str, spec: StreamSpec) -> Panel:

@@ -80,6 +80,8 @@ class ReadPlan:
     target_sum: float
     vocabulary: list[str]  # class index -> label
     label_counts: dict[str, int]  # label -> selected rows carrying it
+    #: (cur_shard, shard_count) applied to rows, when the files hold fewer row groups than shards
+    row_shard: Optional[tuple[int, int]] = None
 
     @property
     def label_weights(self) -> dict[str, float]:
@@ -117,7 +119,29 @@ def build_plan(spec: StreamSpec) -> ReadPlan:
     counts = label_counts(selection)
     named = [label for label in spec.labels or () if label is not None]
     vocabulary = list(dict.fromkeys(named)) if named else sorted(counts)
-    return ReadPlan(selection, panel, float(target_sum or 1.0), vocabulary, counts)
+    return ReadPlan(selection, panel, float(target_sum or 1.0), vocabulary, counts,
+                    row_shard(selection, spec))
+
+
+def row_shard(selection: Selection, spec: StreamSpec) -> Optional[tuple[int, int]]:
+    """``(cur_shard, shard_count)`` when the selected files hold fewer row groups than shards, else None.
+
+    Petastorm shards whole row groups, so a small selection would leave some shards empty. Then every
+    shard reads every row group and keeps its own rows (a hash of slide and spot id): disjoint shards
+    that cover every row, decided alike by every rank (they read the same snapshot).
+    """
+    if spec.cur_shard is None or spec.shard_count is None:
+        return None
+    import pyarrow.parquet as pq
+
+    from stlake.lake import storage
+    groups = 0
+    for uri in selection.files:
+        with storage.open_input(uri) as handle:
+            groups += pq.read_metadata(handle).num_row_groups
+        if groups >= spec.shard_count:
+            return None
+    return spec.cur_shard, spec.shard_count
 
 
 # ---------------------------------------------------------------- Petastorm pieces
@@ -131,12 +155,12 @@ def ignore_petastorm_deprecations() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"(petastorm|pyarrow)(\..*)?$")
 
 
-def row_predicate(selection: Selection) -> Optional[RowFilter]:
-    """A Petastorm predicate for the filters the file statistics could not decide (None if none)."""
-    if not selection.row_columns:
+def row_predicate(selection: Selection, shard: Optional[tuple[int, int]] = None) -> Optional[RowFilter]:
+    """A Petastorm predicate for the filters the file statistics could not decide and a row shard (None if none)."""
+    if not selection.row_columns and shard is None:
         return None
     from stlake.stream.predicate import RowFilter
-    return RowFilter(selection)
+    return RowFilter(selection, shard)
 
 
 class PanelTransform:
@@ -189,8 +213,9 @@ def open_reader(plan: ReadPlan, spec: StreamSpec, epoch: int) -> Reader:
                 urls, filesystem=filesystem, schema_fields=[re.escape(c) for c in plan.columns],
                 reader_pool_type="thread", workers_count=spec.workers_count, results_queue_size=4,
                 seed=seed, shuffle_rows=False, shuffle_row_groups=spec.shuffle,
-                predicate=row_predicate(plan.selection), num_epochs=1,
-                cur_shard=spec.cur_shard, shard_count=spec.shard_count,
+                predicate=row_predicate(plan.selection, plan.row_shard), num_epochs=1,
+                cur_shard=None if plan.row_shard else spec.cur_shard,
+                shard_count=None if plan.row_shard else spec.shard_count,
                 transform_spec=transform.spec(), convert_early_to_numpy=True)
         except Exception as error:
             if type(error).__name__ == "NoDataAvailableError":

@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------- arguments
 
+DESCRIPTION = """Train the reference CLIP-style tile <-> expression model on a lake table, then evaluate it on
+held-out slides (recall@1/5/10, ridge probe Pearson r; metrics.json next to the checkpoint). One process
+per GPU under torchrun (rank = the stream's shard), or a single process (CPU or one GPU).
+
+    stlake train --lake ./lake --steps 200
+    torchrun --nproc-per-node 8 jobs/train_clip.py --lake s3://bucket/lake --encoder resnet18
+        --image-size 224 --batch-size 256 --steps 20000 --checkpoint-dir /ckpt --resume
+"""
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The job's flags (shared by ``jobs/train_clip.py`` and ``stlake train``)."""
     p.add_argument("--lake", required=True, help="lake root: ./lake or s3://bucket/lake")
@@ -39,36 +48,36 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64, help="side of the tiles fed to the model")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--steps", type=int, default=200, help="total optimiser steps (resumed ones included)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--encoder", choices=ENCODERS, default="small")
-    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--encoder", choices=ENCODERS, default="small", help="image encoder: a small CNN or ResNet-18")
+    p.add_argument("--embed-dim", type=int, default=128, help="shared embedding size")
     p.add_argument("--train-slides", nargs="*", default=None, help="slide ids to train on")
     p.add_argument("--holdout-slides", nargs="*", default=None, help="slide ids held out for evaluation")
     p.add_argument("--holdout-fraction", type=float, default=0.2,
                    help="fraction of slides held out when --holdout-slides is not given")
-    p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--checkpoint-dir", default=None, help="where checkpoint.pt and metrics.json go (default: none)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="save every N steps (default: at the end)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/checkpoint.pt if present")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the stream and the model")
+    p.add_argument("--log-every", type=int, default=10, help="print step, loss and samples/s every N steps")
     p.add_argument("--image-normalize", action="store_true",
                    help="the stream applies ImageNet mean/std (else the model does it on [0, 1] input)")
     p.add_argument("--augment", action="store_true", help="random flips, 90-degree rotations, colour jitter")
     p.add_argument("--table", default="pairs", help="lake table to stream")
     p.add_argument("--decode-threads", type=int, default=None,
                    help="JPEG decode threads per process (default: the stream's, one per core)")
-    p.add_argument("--ridge-alpha", type=float, default=1.0)
+    p.add_argument("--ridge-alpha", type=float, default=1.0, help="ridge penalty of the linear probe")
     p.add_argument("--eval-train-batches", type=int, default=50, help="train batches embedded to fit the probe")
-    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     p.add_argument("--metrics-out", default=None, help="metrics JSON (default: <checkpoint-dir>/metrics.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The standalone parser (``jobs/train_clip.py``; torchrun runs one per rank)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     return p
 
@@ -81,7 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def register(sub: Any) -> None:
     """Add the ``train`` subcommand to :mod:`stlake.cli`'s subparsers."""
     p = sub.add_parser("train", help="train the reference CLIP model on the lake (torchrun-aware)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(run=cmd_train)
 
