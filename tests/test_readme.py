@@ -24,6 +24,7 @@ LINKED = (".venv", "jobs", "notebooks", "lib")
 NOT_RUN = {
     r"^make (demo|test)": "the test runs inside what `make` builds (it would run itself)",
     r"^make (venv|demo-s3|bench|terraform-check|test-slow)": "builds or long suites of their own (CI runs them)",
+    r"^make notebooks-docs": "rewrites the committed executed notebooks (test_notebooks executes them)",
     r"s3://bucket": "needs a real bucket (the S3 pipeline test runs these steps against a local S3 server)",
     r"^torchrun --nproc-per-node 8": "needs 8 processes / GPUs (test_train runs torchrun with 2 CPU ranks)",
     r"jupyter lab": "starts a server; the test checks that `jupyter lab --version` works instead",

@@ -56,11 +56,11 @@ def generate(out_dir: str, size: Union[str, Sizes] = "small", seed: int = 0,
     job = DatasetJob(out_dir, sizes, gene_universe(sizes.n_genes, seed), seed, layouts, corrupt)
     rewritten = list(layouts) + ([CORRUPT_LAYOUT] if corrupt else [])
     infos: list[SlideInfo] = []
-    for layout, write in WRITERS.items():
-        if layout in rewritten:
-            written = write(job)
-            logger.debug("%s: wrote %s", layout, ", ".join(info.slide_id for info in written) or "no slides")
-            infos += written
+    for number, layout in enumerate(layout for layout in WRITERS if layout in rewritten):
+        written = WRITERS[layout](job)
+        logger.info("[%d/%d] %s: wrote %s (%.0f s)", number + 1, len(rewritten), layout,
+                    ", ".join(info.slide_id for info in written) or "no slides", time.perf_counter() - started)
+        infos += written
     manifest = write_manifest(out_dir, infos, rewritten)
     summary = _summary(job, infos, manifest)
     summary["seconds"] = round(time.perf_counter() - started, 3)
