@@ -52,6 +52,7 @@ test-all: venv
 bench: venv
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_stream.py
+	$(PY) bench/bench_resolution.py
 
 # Executed copies of the notebooks (outputs and figures) for readers of the repository; the stripped
 # notebooks/*.ipynb stay the source. A few minutes on two cores.

@@ -26,6 +26,8 @@ setup(
         "opencv-python-headless>=4.8,<4.11",
         "scipy",
         "h5py",
+        # AnnData .h5ad inputs (anndata/hest readers): 0.12 resolves with numpy 1.26 / pandas 2.2 / pyarrow 14.
+        "anndata==0.12.19",
         "tifffile",
         # Fast TIFF codecs (zlib/LZW/predictor in C); 2024.9.22 is the last that does not demand numpy >= 2.
         "imagecodecs==2024.9.22",

@@ -51,9 +51,9 @@ def test_tiff_is_opened_and_parsed_once_per_reader(tmp_path, monkeypatch):
     original_open, original_level = storage.open_input, probe._TiffLevel
 
     class CountingLevel(original_level):
-        def __init__(self, fh):
+        def __init__(self, fh, level=0):
             parsed.append(fh)
-            super().__init__(fh)
+            super().__init__(fh, level)
 
     monkeypatch.setattr(storage, "open_input", lambda uri: opened.append(uri) or original_open(uri))
     monkeypatch.setattr(probe, "_TiffLevel", CountingLevel)

@@ -17,6 +17,8 @@ from stlake.sql import queries, read_table, register_views, run_sql
 from stlake.synth import CORRUPT_SLIDES, StimageSpec, generate, generate_stimage_slide, load_truth, locate_marker
 
 MARKER_CHECKS_PER_SLIDE = 150
+TRUTH_SLIDES = ["anndata_1", "anndata_2", "hest_1", "st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1",
+                "visium_1", "visium_2", "visiumhd_1"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def truth_gene_ids(truth) -> np.ndarray:
     10x features carry a symbol, which is the key; CSV columns are keyed by their own name
     (an Ensembl-named column by its unversioned id).
     """
-    names = truth.gene_symbols if truth.layout in ("visium", "visiumhd") else truth.gene_names
+    names = truth.gene_symbols if truth.layout in ("visium", "visiumhd", "anndata", "hest") else truth.gene_names
     species = genes.normalise_species("human")
     return np.array([genes.gene_id(species, genes.gene_key(name, species)[0]) for name in names], dtype=np.int64)
 
@@ -90,8 +92,7 @@ def test_every_expected_spot_lands_once(lake, dataset):
         assert ids == set(truth.spot_id.tolist()), slide_id
 
 
-@pytest.mark.parametrize("layout_slide", ["st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1",
-                                          "visium_1", "visium_2", "visiumhd_1"])
+@pytest.mark.parametrize("layout_slide", TRUTH_SLIDES)
 def test_tiles_are_cut_at_the_spot_to_the_pixel(lake, dataset, layout_slide):
     truth = landed_truth(dataset["root"], layout_slide)
     rows = slide_rows(lake["dir"], "spots", layout_slide, ["spot_id", "tile", "tile_format", "x", "y"]).to_pylist()
@@ -108,8 +109,7 @@ def test_tiles_are_cut_at_the_spot_to_the_pixel(lake, dataset, layout_slide):
         assert abs(dy) <= 1 and abs(dx) <= 1, f"{layout_slide}/{row['spot_id']}: marker off by {(dy, dx)}"
 
 
-@pytest.mark.parametrize("slide_id", ["st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1",
-                                      "visium_1", "visium_2", "visiumhd_1"])
+@pytest.mark.parametrize("slide_id", TRUTH_SLIDES)
 def test_counts_equal_the_source_exactly(lake, dataset, slide_id):
     truth = landed_truth(dataset["root"], slide_id)
     column_ids = truth_gene_ids(truth)

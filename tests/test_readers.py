@@ -9,6 +9,8 @@ import pytest
 from stlake.ingestion.readers import (
     LAYOUTS,
     ReaderOptions,
+    anndata,
+    hest,
     layout_names,
     read_slide,
     st,
@@ -22,8 +24,10 @@ from stlake.ingestion.records import SlideError, SlideRef
 
 def test_read_slide_dispatch():
     assert {name: layout.read for name, layout in LAYOUTS.items()} == {
-        "stimage": stimage.read, "visium": visium.read, "visiumhd": visiumhd.read, "st": st.read}
-    assert layout_names() == ("stimage", "visium", "visiumhd", "st") and technologies() == ("ST", "Visium", "VisiumHD")
+        "stimage": stimage.read, "visium": visium.read, "visiumhd": visiumhd.read, "st": st.read,
+        "hest": hest.read, "anndata": anndata.read}
+    assert layout_names() == ("stimage", "visium", "visiumhd", "st", "hest", "anndata")
+    assert technologies() == ("ST", "Visium", "VisiumHD")
     with pytest.raises(ValueError, match="unknown layout"):
         read_slide(SlideRef("x", "nope", "Visium", {}))
 
@@ -62,7 +66,7 @@ def test_read_synthetic_dataset(synthetic_dataset):
     scanned, listed = discover(str(out)), discover(str(out / "manifest.csv"))
     assert [r.slide_id for r in scanned] == [r.slide_id for r in listed] == sorted(summary["paths"])
     assert {r.slide_id: _outcome(r) for r in scanned} == {r.slide_id: _outcome(r) for r in listed}
-    assert {r.layout for r in scanned} == {"stimage", "visium", "visiumhd", "st"}
+    assert {r.layout for r in scanned} == set(layout_names())
     for ref in [*scanned, *listed]:
         if ref.slide_id in summary["corrupt"]:  # only duplicate ids are a reader's business; the rest fail later
             expected = summary["corrupt"][ref.slide_id]

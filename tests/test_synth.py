@@ -31,7 +31,8 @@ from stlake.synth.image import Markers, Renderer, Scene, render
 from stlake.synth.imagefiles import write_png_stream
 from stlake.synth.markers import MARKER_HALF, MAX_CODE
 
-VALID = ("st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1", "visium_1", "visium_2", "visiumhd_1")
+VALID = ("anndata_1", "anndata_2", "hest_1", "st_1", "stimage_hd_1", "stimage_st_1", "stimage_visium_1", "visium_1",
+         "visium_2", "visiumhd_1")
 BARCODE = re.compile(r"^[ACGT]{16}-1$")
 
 
@@ -42,7 +43,11 @@ def dataset(synthetic_dataset):
 
 
 def read_image(path: str) -> np.ndarray:
-    """BGR pixels of any image the generator writes (TIFF via tifffile)."""
+    """BGR pixels of any image the generator writes (TIFF via tifffile, arrays inside .h5ad files)."""
+    if "::/" in path:
+        from stlake.ingestion import images
+        with images.open_region_reader(path) as reader:
+            return np.array(reader.read_rows(0, reader.info.height))
     if path.endswith(".tif"):
         import tifffile
         return np.ascontiguousarray(tifffile.imread(path)[:, :, ::-1])
@@ -118,7 +123,8 @@ def test_locate_marker_finds_the_cut_offset():
 def test_summary_and_manifest(dataset):
     out, summary = dataset
     assert summary["slides"] == {"stimage": ["stimage_st_1", "stimage_visium_1", "stimage_hd_1"],
-                                 "visium": ["visium_1", "visium_2"], "visiumhd": ["visiumhd_1"], "st": ["st_1"]}
+                                 "visium": ["visium_1", "visium_2"], "visiumhd": ["visiumhd_1"], "st": ["st_1"],
+                                 "hest": ["hest_1"], "anndata": ["anndata_1", "anndata_2"]}
     assert summary["corrupt"] == {"stimage_broken_image": "image_unreadable",
                                   "stimage_broken_coords": "coords_outside_image",
                                   "stimage_broken_counts": "negative_counts",

@@ -9,6 +9,7 @@ from stlake.ingestion.images import ImageInfo
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers.common import make_spots
 from stlake.ingestion.records import ExpressionSource, LabelSet, SlideError, SlideRecord, SlideRef
+from stlake.ingestion.resolution import Resolution
 from stlake.lake import genes
 
 
@@ -39,7 +40,8 @@ def one_band_plan(n: int, max_spots: int) -> tuple[plan.SlidePlan, IngestOptions
     options = IngestOptions(source="", lake="", max_spots_per_task=max_spots, memory_budget=1 << 30)
     expr_unit = plan.ExprUnit("slide", "Visium", record.expression, None, None, None,
                               matrices.SlideIds.of(spots.spot_id), 0)
-    slide = plan.SlidePlan(ref, record, image, 20, units=[*plan.tile_units(record, image, 20, options), expr_unit])
+    slide = plan.SlidePlan(ref, record, image, 20, units=[
+        *plan.tile_units(record, image, Resolution.level0(20, (image.width, image.height)), options), expr_unit])
     return slide, options
 
 

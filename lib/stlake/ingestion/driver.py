@@ -194,6 +194,7 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
     expr = [r for r in outcome.results if r.kind == "expression"]
     detected = np.unique(np.concatenate([r.detected_gene_ids for r in expr])) if expr else []
     meta = dict(plan.ref.meta)
+    res = plan.resolution
     return {
         "slide_id": plan.ref.slide_id, "technology": plan.ref.technology, "layout": plan.ref.layout,
         "species": genes.normalise_species(plan.ref.species), "tissue": plan.ref.tissue,
@@ -202,7 +203,9 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
         "image_width": image.width, "image_height": image.height,
         "image_source": record.image_source, "coord_scale": record.coord_scale,
         "spot_diameter_px": float(record.spot_diameter_px), "microns_per_pixel": record.microns_per_pixel,
-        "tile_size_px": plan.tile_size_px, "tile_resize_px": options.resize_px,
+        "tile_size_px": plan.tile_size_px, "tile_resize_px": res.resize_px if res else options.resize_px,
+        "tile_microns_per_pixel": res.tile_mpp if res else None, "pyramid_level": res.level if res else 0,
+        "scale_source": res.scale_source if res else None,
         "n_spots": sum(r.rows for r in tiles), "n_spots_dropped": sum(len(r.dropped_spots) for r in tiles),
         "n_genes": len(detected), "total_counts": sum(r.total_counts for r in expr),
         "meta_json": json.dumps(meta, sort_keys=True), "run_id": run_id, "ingested_at": now,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from stlake.ingestion.records import RunError
+
 #: Bytes of decoded image / parsed matrix one task may hold, unless ``--memory-budget`` says otherwise.
 DEFAULT_MEMORY_BUDGET = 4 << 30
 
@@ -13,6 +15,8 @@ Border = Literal["pad", "drop"]
 TileEncoding = Literal["jpeg", "png"]
 #: Labels a ``--label-map`` does not name: kept (normalised), or dropped and reported (``strict``).
 LabelMapMode = Literal["keep", "strict"]
+#: Named tile geometries (``resolution.PRESETS``): ``hest`` = 224 px at 0.5 µm/px, as HEST-1k's patches.
+Preset = Literal["hest"]
 #: VisiumHD bin sizes in µm (Space Ranger's ``binned_outputs/square_{002,008,016}um``).
 BinSize = Literal[2, 8, 16]
 
@@ -32,9 +36,16 @@ class IngestOptions:
 
     source: str = field(metadata={"help": "root folder / s3:// prefix to scan, or a manifest .csv/.yaml"})
     lake: str = option("./lake", "lake root: a local folder or s3://bucket/prefix")
-    tile_px: Optional[int] = option(None, "side of the cut square in pixels (default: the spot diameter)")
+    tile_px: Optional[int] = option(None, "side of the cut square in pixels (default: the spot diameter); with "
+                                          "--target-mpp the side of the stored tile")
     tile_um: Optional[float] = option(None, "side of the cut square in micrometres (needs the slide's scale)")
-    resize_px: Optional[int] = option(None, "resize every tile to this side, e.g. 224", flag="--resize")
+    resize_px: Optional[int] = option(None, "resize every tile to this side, e.g. 224 (not with --target-mpp)",
+                                      flag="--resize")
+    target_mpp: Optional[float] = option(None, "µm per pixel of the stored tiles, e.g. 0.5: the pyramid level "
+                                               "closest above it is read and downsampled")
+    max_upsample: Optional[float] = option(None, "refuse slides whose tiles would be enlarged more than this "
+                                                 "factor (default: enlarge, with an 'upsampled' warning)")
+    preset: Optional[Preset] = option(None, "named tile geometry: hest = 224 px at 0.5 µm/px")
     border: Border = option("pad", "spots whose square leaves the image: pad with white, or drop them")
     encoding: TileEncoding = option("jpeg", "tile encoding in spots.tile")
     quality: int = option(90, "JPEG quality of the tiles")
@@ -53,3 +64,12 @@ class IngestOptions:
                                             "cohorts onto one vocabulary")
     label_map_mode: LabelMapMode = option("keep", "labels the --label-map does not name: keep them (normalised), or "
                                                   "give them no label and report them (strict)")
+
+    def __post_init__(self) -> None:
+        """Options that contradict each other stop the run (``RunError``: one line from the CLI)."""
+        if self.resize_px and (self.target_mpp or self.preset):
+            raise RunError("--resize cannot be combined with --target-mpp or --preset: the stored tile side is "
+                           "--tile-px (or --tile-um / target)")
+        for name, value in (("--target-mpp", self.target_mpp), ("--max-upsample", self.max_upsample)):
+            if value is not None and not value > 0:
+                raise RunError(f"{name} must be a positive number, not {value}")

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.spatial import cKDTree
 
-from stlake.ingestion import images, matrices, tiling
+from stlake.ingestion import images, matrices, resolution, tiling
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import ReaderOptions, read_slide
 from stlake.ingestion.records import (
@@ -56,6 +56,8 @@ class TileUnit:
     budget: int
     label_sets: tuple[LabelSet, ...]  # the columns of ``spots.annotations``
     index: int
+    level: int = 0  # pyramid level read; ``spots`` stay in level-0 pixels
+    downsample: tuple[float, float] = (1.0, 1.0)  # level-0 pixels per level pixel (x, y)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class SlidePlan:
     record: Optional[SlideRecord] = None
     image: Optional[images.ImageInfo] = None
     tile_size_px: int = 0
+    resolution: Optional[resolution.Resolution] = None
     gene_rows: Optional[pa.Table] = None
     units: list[Unit] = field(default_factory=list)
     warnings: list[Remark] = field(default_factory=list)
@@ -145,34 +148,33 @@ def check_geometry(record: SlideRecord, image: images.ImageInfo) -> None:
                                                  f"expected {low:g} to {high:g} times")
 
 
-def tile_spec(size: int, options: IngestOptions) -> tiling.TileSpec:
-    """How a slide's tiles of side ``size`` px are cut and encoded."""
-    return tiling.TileSpec(size_px=size, resize_px=options.resize_px, border=options.border,
+def tile_spec(res: resolution.Resolution, options: IngestOptions) -> tiling.TileSpec:
+    """How a slide's tiles are cut (``res.size_px`` pixels of the level read) and encoded."""
+    return tiling.TileSpec(size_px=res.size_px, resize_px=res.resize_px, border=options.border,
                            encoding=options.encoding, quality=options.quality)
 
 
-def tile_size(record: SlideRecord, options: IngestOptions) -> int:
-    """Side of the cut square in image pixels: explicit px, else µm, else the spot diameter."""
-    if options.tile_px:
-        return int(options.tile_px)
-    if options.tile_um:
-        if not record.microns_per_pixel:
-            raise SlideError("unknown_scale", "--tile-um needs microns per pixel, which this slide does not give")
-        return max(1, int(round(options.tile_um / record.microns_per_pixel)))
-    return max(1, int(round(record.spot_diameter_px)))
+def level_info(image: images.ImageInfo, res: resolution.Resolution) -> images.ImageInfo:
+    """The header of the pyramid level read (level 0: ``image`` itself)."""
+    if res.level == 0:
+        return image
+    return dataclasses.replace(image, width=res.level_size[0], height=res.level_size[1])
 
 
-def tile_units(record: SlideRecord, image: images.ImageInfo, size: int, options: IngestOptions) -> list[TileUnit]:
-    """One unit per image region; random-access images split into bands, sequential codecs stay whole."""
-    spec = tile_spec(size, options)
+def tile_units(record: SlideRecord, image: images.ImageInfo, res: resolution.Resolution,
+               options: IngestOptions) -> list[TileUnit]:
+    """One unit per region of the level read; random-access images split into bands, sequential codecs stay whole."""
+    spec = tile_spec(res, options)
     if image.random_access:
-        groups = tiling.split_spots_into_regions(record.spots.y, size, image.width, image.height,
-                                                 options.memory_budget, options.max_spots_per_task,
-                                                 x=record.spots.x)
+        x, y = (resolution.to_level(v, f) for v, f in ((record.spots.x, res.downsample[0]),
+                                                      (record.spots.y, res.downsample[1])))
+        groups = tiling.split_spots_into_regions(y, spec.size_px, image.width, image.height,
+                                                 options.memory_budget, options.max_spots_per_task, x=x)
     else:
         groups = [np.arange(len(record.spots))]
     return [TileUnit(record.ref.slide_id, record.ref.technology, record.image_uri, record.spots.take(group),
-                     spec, options.memory_budget, tuple(record.label_sets), index)
+                     spec, options.memory_budget, tuple(record.label_sets), index, res.level,
+                     res.downsample)
             for index, group in enumerate(groups) if len(group)]
 
 
@@ -273,13 +275,15 @@ def plan_slide(ref: SlideRef, options: IngestOptions) -> SlidePlan:
         image = images.probe_image(record.image_uri)
         check_coords_inside(record.spots, image)
         check_geometry(record, image)
-        size = tile_size(record, options)
-        tiling.check_tile_fits(tile_spec(size, options), image, options.memory_budget)
+        res, remarks = resolution.resolve(record, images.probe_pyramid(record.image_uri), options)
+        record = dataclasses.replace(record, microns_per_pixel=res.source_mpp)
+        level = level_info(image, res)
+        tiling.check_tile_fits(tile_spec(res, options), level, options.memory_budget)
         expr_units, gene_map = expression_units(record, options)
-        result.record, result.image, result.tile_size_px = record, image, size
-        result.gene_rows = gene_map.rows
-        result.units = [*tile_units(record, image, size, options), *expr_units]
-        result.warnings = [*record.warnings, *gene_map.collisions]
+        result.ref, result.record, result.image, result.tile_size_px = record.ref, record, image, res.size_px
+        result.resolution, result.gene_rows = res, gene_map.rows
+        result.units = [*tile_units(record, level, res, options), *expr_units]
+        result.warnings = [*record.warnings, *remarks, *gene_map.collisions]
     except SlideError as error:
         result.error = error.rejection("read")
     except Exception as error:  # a bug or an unexpected file must not sink the other slides

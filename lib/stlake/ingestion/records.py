@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 #: Count-matrix formats (one module each in :mod:`stlake.ingestion.matrices`).
-MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv"]
+MatrixKind = Literal["dense_csv", "tenx_h5", "tenx_mtx", "st_tsv", "h5ad"]
 
 
 #: Where in the run a slide was judged: discovery (its manifest entry or scanned folder), its reader and
@@ -193,7 +193,8 @@ class ExpressionSource:
 
     kind: ``dense_csv`` (rows = spots, first column = spot id, header = genes; ``sep`` option),
     ``tenx_h5`` (10x HDF5 CSC matrix), ``tenx_mtx`` (10x matrix folder), ``st_tsv`` (legacy ST counts,
-    rows = ``{x}x{y}`` spots, optionally gzipped). Row ids of the source are the ``spot_id`` values of
+    rows = ``{x}x{y}`` spots, optionally gzipped), ``h5ad`` (an AnnData matrix; ``matrix`` and ``var``
+    options). Row ids of the source are the ``spot_id`` values of
     ``Spots``.
     """
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stlake.ingestion import images, matrices, tiling
+from stlake.ingestion import images, matrices, resolution, tiling
 from stlake.ingestion.plan import ExprUnit, TileUnit, Unit, internal_error_detail
 from stlake.ingestion.records import Rejection, SlideError
 from stlake.lake import genes, schemas, tables
@@ -92,6 +92,8 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str,
                   written: Optional[WrittenFiles] = None) -> UnitResult:
     """Decode the unit's image region(s), cut and encode one tile per spot, write ``spots`` rows.
 
+    The regions are read at the unit's pyramid level (spot centres mapped from level-0 pixels).
+
     Within the unit's budget: the image reader gets ``tiling.decode_budget``, and encoded tiles are
     written in batches of at most ``tiling.batch_bytes`` (one ``spots`` file each), so neither the tile
     buffers nor the encoded output grow with the number of spots.
@@ -99,8 +101,9 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str,
     written = WrittenFiles() if written is None else written
     tag, memory = _tag(unit, run_id), tiling.TileMemory()
     result = UnitResult(unit.slide_id, "tiles")
-    with images.open_region_reader(unit.image_uri, tiling.decode_budget(unit.budget)) as reader:
-        batches, dropped = tiling.tile_batches(reader, unit.spots.x, unit.spots.y, unit.spec, unit.budget,
+    x, y = resolution.to_level(unit.spots.x, unit.downsample[0]), resolution.to_level(unit.spots.y, unit.downsample[1])
+    with images.open_region_reader(unit.image_uri, tiling.decode_budget(unit.budget), unit.level) as reader:
+        batches, dropped = tiling.tile_batches(reader, x, y, unit.spec, unit.budget,
                                                tiling.batch_bytes(unit.spec, unit.budget), memory)
         for number, tiles in enumerate(batches):
             memory.writing()

@@ -26,6 +26,9 @@ SLIDES = pa.schema([
     ("microns_per_pixel", pa.float64()),
     ("tile_size_px", pa.int32()),  # side of the square cut from the image
     ("tile_resize_px", pa.int32()),  # side after resize, null when not resized
+    ("tile_microns_per_pixel", pa.float64()),  # µm/px of the stored tiles, when the scale is known
+    ("pyramid_level", pa.int32()),  # level of the image's pyramid the tiles were cut from (0 = full resolution)
+    ("scale_source", pa.string()),  # where microns_per_pixel came from: manifest, reader, tiff_resolution
     ("n_spots", pa.int64()),  # spots that landed in `spots`
     ("n_spots_dropped", pa.int64()),  # border spots dropped (border="drop")
     ("n_genes", pa.int32()),  # genes detected in at least one spot

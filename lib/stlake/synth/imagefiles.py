@@ -9,7 +9,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -124,3 +124,40 @@ def write_png_stream(path: str, width: int, height: int, rgb_strips: Iterable[np
         for start in range(0, len(pending), idat_bytes):
             handle.write(png_chunk(b"IDAT", bytes(pending[start:start + idat_bytes])))
         handle.write(IEND_CHUNK)
+
+
+def pyramid_levels(rgb: np.ndarray, min_side: int = 256) -> list[np.ndarray]:
+    """``rgb`` and its halvings (``cv2.INTER_AREA``) while the shorter side stays at least ``min_side``."""
+    levels = [rgb]
+    while min(levels[-1].shape[:2]) // 2 >= min_side:
+        previous = levels[-1]
+        size = (previous.shape[1] // 2, previous.shape[0] // 2)
+        levels.append(cv2.resize(previous, size, interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def write_pyramid_tiff(path: str, levels: list[np.ndarray], mpp: float, tile: int = 256, subifds: bool = False,
+                       resolution_per_mm: bool = False) -> None:
+    """A tiled, deflate-compressed pyramidal RGB TIFF of ``levels`` (level 0 first).
+
+    ``subifds=False`` writes what HEST's ``tiff_save`` (pyvips ``pyramid=True``) writes: one page per
+    level, the reduced ones marked ``NewSubfileType = 1``; ``subifds=True`` stores the reduced levels as
+    SubIFDs of the first page (OME / QuPath style). Resolution tags give ``mpp`` of each level, in pixels
+    per centimetre, or (``resolution_per_mm``) HEST's pixels per millimetre labelled as centimetres.
+    """
+    import tifffile
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    per_cm = (1e3 if resolution_per_mm else 1e4)
+    options: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib",
+               "compressionargs": {"level": 1},
+               "maxworkers": 2, "metadata": None,
+               "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for index, level in enumerate(levels):
+            factor = levels[0].shape[1] / level.shape[1]
+            resolution = (per_cm / (mpp * factor), per_cm / (mpp * factor))
+            if index == 0:
+                tif.write(level, subifds=len(levels) - 1 if subifds else None, resolution=resolution, **options)
+            else:
+                tif.write(level, subfiletype=1, resolution=resolution, **options)

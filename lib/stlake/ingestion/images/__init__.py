@@ -25,7 +25,7 @@ Details name the file and say what is wrong and where (offset, chunk, row); they
 # ``base`` comes first: it raises OpenCV's pixel limit, which must happen before cv2 is imported.
 from stlake.ingestion.images.base import ImageFormat, ImageInfo, RegionReader, decoded_bytes
 from stlake.ingestion.images.png import IEND_CHUNK, PNG_SIGNATURE, png_chunk
-from stlake.ingestion.images.probe import probe_image, sniff_format
+from stlake.ingestion.images.probe import Pyramid, probe_image, probe_pyramid, sniff_format
 from stlake.ingestion.images.region import open_region_reader
 
 __all__ = [
@@ -33,10 +33,12 @@ __all__ = [
     "PNG_SIGNATURE",
     "ImageFormat",
     "ImageInfo",
+    "Pyramid",
     "RegionReader",
     "decoded_bytes",
     "open_region_reader",
     "png_chunk",
     "probe_image",
+    "probe_pyramid",
     "sniff_format",
 ]

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from stlake.ingestion.records import SlideError  # noqa: E402
 
 #: The formats recognised from magic bytes (what ``sniff_format`` returns).
-ImageFormat = Literal["png", "jpeg", "tiff"]
+ImageFormat = Literal["png", "jpeg", "tiff", "hdf5"]
 
 GIB = 1024 ** 3
 _TAIL = 64 * 1024  # how far from the end a PNG IEND / JPEG EOI marker is looked for

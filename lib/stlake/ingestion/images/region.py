@@ -1,5 +1,6 @@
 """``open_region_reader``: the reader each format and budget calls for, and the cached whole-image reader.
 
+* **HDF5 arrays** (``file::/dataset``, AnnData's images): random access (``hdf5.DatasetReader``).
 * **TIFF**: random access (``tiff._TiffReader``), whatever the budget.
 * **PNG / JPEG within budget**: one ``cv2.imdecode`` of the whole stream, checked, cached
   (``_CachedReader``; the checks are ``png.decode_png``'s and ``jpeg.decode_jpeg``'s).
@@ -14,6 +15,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from stlake.ingestion.images import hdf5
 from stlake.ingestion.images.base import GIB, ImageInfo, RegionReader, corrupt, decoded_bytes
 from stlake.ingestion.images.jpeg import decode_jpeg
 from stlake.ingestion.images.png import _PngHeader, _PngStreamReader, decode_png
@@ -63,17 +65,20 @@ class _CachedReader(RegionReader):
         self._image = None
 
 
-def open_region_reader(uri: str, budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> RegionReader:
+def open_region_reader(uri: str, budget_bytes: int = DEFAULT_MEMORY_BUDGET, level: int = 0) -> RegionReader:
     """A reader for ``uri`` that keeps decoded pixels within ``budget_bytes`` where the format allows.
 
     Raises ``SlideError("image_too_large")`` for a JPEG (or interlaced PNG) over budget,
     ``SlideError("image_unreadable")`` for anything that is not a readable PNG/JPEG/TIFF, and
     ``SlideError("image_corrupt")`` for a damaged one (here, on a read, or when a ``with`` block ends).
-    A TIFF is opened and its structure parsed once; the reader keeps that file and level.
+    A TIFF is opened and its structure parsed once; the reader keeps that file and level (``level`` of its
+    pyramid, see ``probe.probe_pyramid``; other formats have only level 0).
     """
-    fh, info, png, level = _open_probed(uri)
-    if level is not None:
-        return _TiffReader(uri, fh, level, budget_bytes)
+    if hdf5.split_uri(uri) is not None:
+        return hdf5.DatasetReader(uri, budget_bytes)
+    fh, info, png, tiff = _open_probed(uri, level)
+    if tiff is not None:
+        return _TiffReader(uri, fh, tiff, budget_bytes)
     fh.close()
     if decoded_bytes(info) <= budget_bytes:
         return _CachedReader(uri, info, budget_bytes, png)

@@ -1,4 +1,4 @@
-"""TIFF: level 0 of the largest series (structure, segment decoding) and its random-access reader.
+"""TIFF: one pyramid level of the largest series (structure, segment decoding) and its random-access reader.
 
 Striped, tiled, BigTIFF and pyramidal TIFFs are read region by region: ``read_region`` decodes only
 the strips/tiles that intersect the region, reading their bytes directly (nearby segments coalesced
@@ -27,20 +27,31 @@ _PHOTOMETRIC = {0: "miniswhite", 1: "minisblack", 2: "rgb", 3: "palette", 6: "yc
 
 
 class _TiffLevel:
-    """Level 0 of the largest series of a TIFF: geometry and segment decoding, no pixels held."""
+    """One pyramid level (default 0) of the largest series of a TIFF: geometry and segment decoding, no pixels held.
 
-    def __init__(self, fh: BinaryIO) -> None:
+    ``sizes`` lists every level's (width, height), level 0 first: the reduced-resolution pages tifffile
+    groups into the series (SubIFDs, or pages marked reduced-resolution as pyvips / HEST write them).
+    ``microns_per_pixel`` is level 0's pixel size from the resolution tags (inch or cm), None without them.
+    """
+
+    def __init__(self, fh: BinaryIO, level: int = 0) -> None:
         import tifffile  # here, not at module level: only TIFF slides pay for importing it
 
         self._fh = fh
         try:
             fh.seek(0)  # tifffile treats the current position as the start of the TIFF
             self.tif = tifffile.TiffFile(fh)
-            page = self._largest_page()
+            pages = self._pyramid()
+            self.sizes = [(int(p.imagewidth), int(p.imagelength)) for p in pages]
+            self.microns_per_pixel = _tag_mpp(pages[0])
+            if not 0 <= level < len(pages):
+                raise SlideError("image_unreadable", f"TIFF has no pyramid level {level} (it has {len(pages)})")
+            page = pages[level]
         except SlideError:
             raise
         except Exception as error:  # tifffile raises many kinds on malformed files
             raise SlideError("image_unreadable", f"TIFF structure is invalid ({describe_error(error)})") from None
+        self.level = level
         self.page = page
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.samples = int(page.samplesperpixel)
@@ -63,16 +74,19 @@ class _TiffLevel:
         random_access = self.tiled or self.down > 1 or self.direct
         self.info = ImageInfo(self.width, self.height, channels, "tiff", bool(random_access))
 
-    def _largest_page(self) -> tifffile.TiffPage:
-        """The first page (keyframe) of the series with the most pixels."""
+    def _pyramid(self) -> list[tifffile.TiffPage]:
+        """The keyframes of the levels of the series with the most pixels, largest first."""
         best, area = None, -1
         for series in self.tif.series:
             page = series.keyframe
             if page is not None and int(page.imagewidth) * int(page.imagelength) > area:
-                best, area = page, int(page.imagewidth) * int(page.imagelength)
+                best, area = series, int(page.imagewidth) * int(page.imagelength)
         if best is None:
             raise SlideError("image_unreadable", "TIFF contains no image")
-        return best
+        levels = [level.keyframe for level in best.levels if level.keyframe is not None] or [best.keyframe]
+        first = levels[0]
+        return [first] + [page for page in levels[1:] if page.imagewidth < first.imagewidth
+                          and page.samplesperpixel == first.samplesperpixel]
 
     def _check(self) -> None:
         """Reject what cannot be decoded, before any pixel is read."""
@@ -162,6 +176,20 @@ class _TiffLevel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tag_mpp(page: tifffile.TiffPage) -> Optional[float]:
+    """µm per pixel from a page's XResolution / ResolutionUnit (inch or centimetre), None when not given."""
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    unit = int(tags["ResolutionUnit"].value)
+    per_unit = numerator / denominator if denominator else 0.0
+    microns = {2: 25_400.0, 3: 10_000.0}.get(unit)
+    if not microns or not per_unit > 0:
+        return None
+    return microns / per_unit
 
 
 def _check_segment_size(level: _TiffLevel, index: int, seg: np.ndarray, top: int, left: int) -> None:

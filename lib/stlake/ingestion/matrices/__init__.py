@@ -6,7 +6,8 @@ gives each chunk its lookup of the slide's spots (:mod:`.rows`).
 
 One module per format (``ExpressionSource.kind``), each declaring ``FORMAT`` (see :mod:`.format`):
 ``dense_csv`` and ``st_tsv`` (delimited text cut into byte ranges, :mod:`.text` / :mod:`.text_parse`),
-``tenx_h5`` (10x HDF5, barcode-range chunks) and ``tenx_mtx`` (10x matrix folder, one chunk);
+``tenx_h5`` (10x HDF5, barcode-range chunks), ``tenx_mtx`` (10x matrix folder, one chunk) and ``h5ad``
+(AnnData ``X`` / ``layers/counts`` / ``raw/X``, dense, CSR or CSC, obs-row chunks);
 :mod:`.batch` holds the types and count validation they share. ``FORMATS`` below is the registry.
 
 Counts are validated: non-integral -> ``non_integer_counts``, negative -> ``negative_counts``,
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from stlake.ingestion.matrices import dense_csv, st_tsv, tenx_h5, tenx_mtx
+from stlake.ingestion.matrices import dense_csv, h5ad, st_tsv, tenx_h5, tenx_mtx
 from stlake.ingestion.matrices.batch import (
     INT32_MAX,
     MAX_BATCH_NNZ,
@@ -47,6 +48,7 @@ FORMATS: dict[str, MatrixFormat] = {fmt.kind: fmt for fmt in (
     st_tsv.FORMAT,
     tenx_h5.FORMAT,
     tenx_mtx.FORMAT,
+    h5ad.FORMAT,
 )}
 
 __all__ = ["FORMATS", "GENE_EXPRESSION", "INT32_MAX", "MAX_BATCH_NNZ", "MAX_BATCH_ROWS", "ExprChunk", "ExprPlan",

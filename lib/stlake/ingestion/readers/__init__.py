@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from stlake.ingestion.readers import labels, st, stimage, visium, visiumhd
+from stlake.ingestion.readers import anndata, hest, labels, st, stimage, visium, visiumhd
 from stlake.ingestion.readers.common import ReaderOptions
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.records import SlideError, SlideRecord, SlideRef, describe_input_error
 
 #: The registry: layout name -> its declaration. An STimage release is recognised before the
-#: Space Ranger folders it could contain.
+#: Space Ranger folders it could contain; a HEST-1k root or sample
+#: holds ``.h5ad`` files, and any other folder holding them is AnnData, so ``anndata`` comes last.
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     stimage.LAYOUT,
     visium.LAYOUT,
     visiumhd.LAYOUT,
     st.LAYOUT,
+    hest.LAYOUT,
+    anndata.LAYOUT,
 )}
 
 #: What a reader raises on values it cannot use; other exceptions (AttributeError, NameError...) are bugs.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stlake.synth.writers import st, stimage, visium, visiumhd
+from stlake.synth.writers import anndata, hest, st, stimage, visium, visiumhd
 from stlake.synth.writers.common import DatasetJob, SlideInfo
 
 LayoutWriter = Callable[[DatasetJob], list[SlideInfo]]
@@ -18,6 +18,8 @@ WRITERS: dict[str, LayoutWriter] = {
     visium.LAYOUT: visium.write,
     visiumhd.LAYOUT: visiumhd.write,
     st.LAYOUT: st.write,
+    hest.LAYOUT: hest.write,
+    anndata.LAYOUT: anndata.write,
 }
 
 __all__ = ["WRITERS", "DatasetJob", "LayoutWriter", "SlideInfo"]
