@@ -31,6 +31,8 @@ setup(
         "tifffile",
         # Fast TIFF codecs (zlib/LZW/predictor in C); 2024.9.22 is the last that does not demand numpy >= 2.
         "imagecodecs==2024.9.22",
+        # AnnData export (stlake export / stlake.to_anndata); 0.12 resolves with numpy 1.26, pandas 2.2, pyarrow 14.
+        "anndata>=0.12,<0.13",
         "boto3",
         "pyyaml",
         # `stlake qc` pictures (Agg backend, no display needed); 3.11.2 verified with numpy 1.26.

@@ -135,3 +135,28 @@ def test_merge_gene_rows_of_harmonised_slides():
     assert merged.column("gene_key").to_pylist() == ["EGFR", "KRAS", "TP53"]
     assert merged.column("ensembl_id").to_pylist()[0] == "ENSG00000146648"
     assert len(set(merged.column("gene_id").to_pylist())) == 3
+
+
+def test_ensembl_only_genes_are_keyed_by_the_symbol_a_10x_slide_pairs_them_with():
+    tenx = genes.harmonise(["TP53", "EGFR"], ["ENSG00000141510.2", "ENSG00000146648.1"], ["TP53", "EGFR"], "human")
+    csv = genes.harmonise(["ENSG00000141510.12", "ENSG00000999999.1", "ENSG00000146648"], [None] * 3, [None] * 3,
+                          "Homo sapiens")
+    pairs = genes.symbol_pairs([tenx.rows, csv.rows])
+    assert pairs == {("human", "ENSG00000141510"): ("TP53", "TP53"), ("human", "ENSG00000146648"): ("EGFR", "EGFR")}
+    rekeyed = genes.rekey_by_symbol(csv.rows, pairs)
+    ids = genes.remap_ids(csv.gene_ids, rekeyed.new_ids)
+    assert ids[0] == tenx.gene_ids[0] == genes.gene_id("human", "TP53") and ids[2] == tenx.gene_ids[1]
+    assert ids[1] == csv.gene_ids[1] == genes.gene_id("human", "ENSG00000999999")
+    rows = {r["gene_key"]: r for r in rekeyed.rows.to_pylist()}
+    assert rows["TP53"]["ensembl_id"] == "ENSG00000141510" and rows["TP53"]["symbol"] == "TP53"
+    [(reason, detail)] = rekeyed.remarks
+    assert reason == "ensembl_genes_unresolved" and detail.startswith("1 of 3 genes") and "ENSG00000999999" in detail
+
+
+def test_symbol_pairs_skip_ambiguous_ids_and_keep_a_slide_s_own_symbol_column():
+    a = genes.harmonise(["TP53"], ["ENSG00000141510"], ["TP53"], "human")
+    b = genes.harmonise(["P53"], ["ENSG00000141510"], ["P53"], "human")
+    assert genes.symbol_pairs([a.rows, b.rows]) == {}
+    mixed = genes.harmonise(["TP53", "ENSG00000141510"], [None, None], [None, None], "human")
+    rekeyed = genes.rekey_by_symbol(mixed.rows, genes.symbol_pairs([a.rows]))
+    assert rekeyed.new_ids == {} and [r for r, _ in rekeyed.remarks] == ["gene_collision"]

@@ -50,13 +50,24 @@ def landed_truth(root: str, slide_id: str):
     return truth.take(np.flatnonzero(truth.in_tissue))
 
 
-def truth_gene_ids(truth) -> np.ndarray:
+TENX_LAYOUTS = ("visium", "visiumhd", "anndata", "hest")  # features named by symbol + Ensembl id
+
+
+def tenx_symbols(root: str, slides: list[str]) -> dict[str, str]:
+    """Unversioned Ensembl id -> symbol of every gene of the 10x slides (their features carry both)."""
+    truths = [load_truth(root, s) for s in slides]
+    return {e: s for t in truths if t.layout in TENX_LAYOUTS for e, s in zip(t.gene_ids, t.gene_symbols)}
+
+
+def truth_gene_ids(truth, symbols: dict[str, str]) -> np.ndarray:
     """Global gene id of every truth column, keyed the way the lake keys them.
 
-    10x features carry a symbol, which is the key; CSV columns are keyed by their own name
-    (an Ensembl-named column by its unversioned id).
+    10x features carry a symbol, which is the key; CSV columns are keyed by their own name, an
+    Ensembl-named column by its symbol when a 10x slide of the run pairs them (``symbols``), else by
+    its unversioned id.
     """
-    names = truth.gene_symbols if truth.layout in ("visium", "visiumhd", "anndata", "hest") else truth.gene_names
+    names = truth.gene_symbols if truth.layout in TENX_LAYOUTS else truth.gene_names
+    names = [symbols.get(genes.unversioned(n), n) if genes.is_ensembl(n) else n for n in names]
     species = genes.normalise_species("human")
     return np.array([genes.gene_id(species, genes.gene_key(name, species)[0]) for name in names], dtype=np.int64)
 
@@ -112,7 +123,7 @@ def test_tiles_are_cut_at_the_spot_to_the_pixel(lake, dataset, layout_slide):
 @pytest.mark.parametrize("slide_id", TRUTH_SLIDES)
 def test_counts_equal_the_source_exactly(lake, dataset, slide_id):
     truth = landed_truth(dataset["root"], slide_id)
-    column_ids = truth_gene_ids(truth)
+    column_ids = truth_gene_ids(truth, tenx_symbols(dataset["root"], valid_slides(dataset)))
     rows = slide_rows(lake["dir"], "expression", slide_id,
                       ["spot_id", "gene_ids", "counts", "total_counts", "n_genes"]).to_pylist()
     index = {spot: i for i, spot in enumerate(truth.spot_id.tolist())}
@@ -134,12 +145,37 @@ def test_one_gene_table_is_shared_by_all_slides(lake, dataset):
     used = set(pc.list_flatten(tables.read_table(lake["dir"], "expression", columns=["gene_ids"])["gene_ids"])
                .to_pylist())
     assert used <= known
-    per_slide = [set(truth_gene_ids(load_truth(dataset["root"], s)).tolist()) for s in valid_slides(dataset)]
+    symbols = tenx_symbols(dataset["root"], valid_slides(dataset))
+    per_slide = [set(truth_gene_ids(load_truth(dataset["root"], s), symbols).tolist()) for s in valid_slides(dataset)]
     shared = set.intersection(*per_slide)
     assert shared, "the synthetic slides share genes; the lake must give them one id"
     assert shared <= known
     keys = gene_rows["gene_key"].to_pylist()
     assert not any("." in k and k.startswith("ENS") for k in keys), "Ensembl versions are stripped"
+
+
+def test_ensembl_only_columns_meet_the_10x_genes_by_symbol(lake, dataset):
+    """stimage_visium_1 names genes by versioned Ensembl id only; the 10x slides pair ids with symbols."""
+    symbols = tenx_symbols(dataset["root"], valid_slides(dataset))
+    truth = load_truth(dataset["root"], "stimage_visium_1")
+    assert all(genes.is_ensembl(n) for n in truth.gene_names)
+    tp53 = genes.gene_id("human", "TP53")
+    for slide_id in ("stimage_visium_1", "visium_1"):
+        used = set(pc.list_flatten(slide_rows(lake["dir"], "expression", slide_id, ["gene_ids"])["gene_ids"])
+                   .to_pylist())
+        assert tp53 in used, slide_id
+    rows = {r["gene_id"]: r for r in tables.read_table(lake["dir"], "genes").to_pylist()}
+    assert rows[tp53]["ensembl_id"] == "ENSG00000141510"
+    assert genes.gene_id("human", "ENSG00000141510") not in rows
+    unresolved = sorted({genes.unversioned(n) for n in truth.gene_names} - set(symbols))
+    warnings = [r for r in tables.read_table(lake["dir"], "rejects").to_pylist()
+                if r["slide_id"] == "stimage_visium_1" and r["reason"] == "ensembl_genes_unresolved"]
+    if unresolved:
+        [warning] = warnings
+        assert warning["severity"] == "warning"
+        assert warning["detail"].startswith(f"{len(unresolved)} of {len(truth.gene_names)} genes")
+    else:
+        assert warnings == []
 
 
 def test_no_orphan_data_files_after_a_run_with_rejects(lake):

@@ -135,3 +135,10 @@ def test_rank_hvg_prefers_dispersion_within_mean_bins():
                           "s1": data.sum(0), "s2": (data ** 2).sum(0)})
     ranked = panel_mod.rank_hvg(stats, k=3)
     assert ranked["gene_id"].iloc[0] == 33 and list(ranked["rank"]) == [1, 2, 3]
+
+
+def test_panel_labels_are_symbols_or_ensembl_ids_never_hashed_ids():
+    rows = pa.table({"gene_id": [1, 2, 3], "symbol": ["TP53", None, None], "ensembl_id": ["ENSG1", "ENSG2", None],
+                     "gene_key": ["TP53", "ENSG2", "KEY3"]})
+    ranked = pd.DataFrame({"species": ["human"] * 3, "gene_id": [1, 2, 3], "rank": [1, 2, 3], "score": [3.0, 2.0, 1.0]})
+    assert panel_mod.panel_rows("p", ranked, rows).column("symbol").to_pylist() == ["TP53", "ENSG2", "KEY3"]

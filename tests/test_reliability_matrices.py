@@ -101,6 +101,28 @@ def h5_data(change: Callable[[np.ndarray], np.ndarray]) -> Damage:
     return damage
 
 
+def h5_keep_barcodes(share: float) -> Damage:
+    """The HDF5 matrix cut to its first ``share`` of barcodes (as a matrix missing some spots would be)."""
+    def damage(path: Path) -> None:
+        with h5py.File(path, "r+") as handle:
+            group = handle["matrix"]
+            keep = int(len(group["barcodes"]) * share)
+            indptr = group["indptr"][:keep + 1]
+            cut = {"barcodes": group["barcodes"][:keep], "indptr": indptr, "indices": group["indices"][:indptr[-1]],
+                   "data": group["data"][:indptr[-1]], "shape": np.array([group["shape"][0], keep])}
+            for name, values in cut.items():
+                del group[name]
+                group.create_dataset(name, data=values)
+    return damage
+
+
+def rename_spots(lines: list[bytes]) -> None:
+    """Every data line's spot id gets a prefix, so no spot of the coordinates has a row."""
+    for number in range(1, len(lines)):
+        if lines[number]:
+            lines[number] = b"renamed-" + lines[number]
+
+
 def fractional(data: np.ndarray) -> np.ndarray:
     """Float counts with one ``4242.5``."""
     out = data.astype(np.float64)
@@ -142,7 +164,12 @@ def visium_case(slide: str, file: str, damage: Damage) -> Callable[[Path, dict],
     return build
 
 
+H5_MISSING = corpus.Case("m_h5_barcodes_missing", visium_case("visium_1", H5, h5_keep_barcodes(0.6)),
+                         "spots_without_expression", severity="warning")
 CASES = [
+    H5_MISSING,
+    corpus.Case("m_no_spot_matches", stimage_case(lambda path: edit_lines(path, rename_spots)),
+                "spots_without_expression"),
     corpus.Case("m_text_cell", stimage_case(set_field(4, 2, SECRET)), "expression_unreadable"),
     corpus.Case("m_negative", stimage_case(set_field(4, 2, b"-4242")), "negative_counts"),
     corpus.Case("m_float", stimage_case(set_field(4, 2, b"4242.5")), "non_integer_counts"),
@@ -165,6 +192,8 @@ CASES = [
 ]
 
 EXPECT = {
+    "m_h5_barcodes_missing": Expect(H5, "spots have no row"),
+    "m_no_spot_matches": Expect(COUNTS, "spots have no expression row"),
     "m_text_cell": Expect(COUNTS, "line 4, spot"),
     "m_negative": Expect(COUNTS, "line 4, spot"),
     "m_float": Expect(COUNTS, "line 4, spot"),
@@ -220,6 +249,36 @@ def test_good_slides_identical(run, corpus_baseline):
 
 def test_nothing_written_outside_the_lake(run):
     assert run.written_outside_lake == []
+
+
+def test_spots_without_expression_dropped_like_scanpy(run):
+    """A matrix missing 40% of the barcodes: those spots are dropped and counted; the rest land whole."""
+    slide = H5_MISSING.id
+    assert slide in run.report.landed
+    [row] = [r for r in corpus.read_rows(run.lake, "slides") if r["slide_id"] == slide]
+    spots = {r["spot_id"] for r in corpus.read_rows(run.lake, "spots") if r["slide_id"] == slide}
+    expressed = {r["spot_id"] for r in corpus.read_rows(run.lake, "expression") if r["slide_id"] == slide}
+    labelled = {r["spot_id"] for r in corpus.read_rows(run.lake, "annotations") if r["slide_id"] == slide}
+    assert spots == expressed and labelled <= spots and row["n_spots"] == len(spots) > 0
+    assert row["n_spots_without_expression"] == row["n_spots_dropped"] > 0
+    [baseline] = [r for r in corpus.read_rows(run.lake, "slides") if r["slide_id"] == "visium_1"]
+    assert row["n_spots"] + row["n_spots_without_expression"] == baseline["n_spots"]
+    [warning] = [r for r in run.rejects_of(slide) if r["reason"] == "spots_without_expression"]
+    assert f"{row['n_spots_without_expression']} of {baseline['n_spots']} spots" in warning["detail"]
+
+
+def test_require_expression_keeps_the_strict_rule(spark, synthetic_dataset, tmp_path):
+    rows = H5_MISSING.build(tmp_path / H5_MISSING.id, synthetic_dataset)
+    report = corpus.ingest_manifest(spark, corpus.write_manifest(tmp_path / "manifest.csv", rows), tmp_path / "lake",
+                                    require_expression=True)
+    assert report.landed == [] and report.rejected == {H5_MISSING.id: "spots_without_expression"}
+
+
+def test_require_expression_flag():
+    from stlake.cli import build_parser, options_from_args
+    assert options_from_args(build_parser().parse_args(["ingest", "--source", "x", "--require-expression"])) \
+        .require_expression
+    assert not options_from_args(build_parser().parse_args(["ingest", "--source", "x"])).require_expression
 
 
 # ---------------------------------------------------------------- unit cases (no Spark)

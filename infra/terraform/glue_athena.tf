@@ -29,6 +29,7 @@ locals {
       ["scale_source", "string"],
       ["n_spots", "bigint"],
       ["n_spots_dropped", "bigint"],
+      ["n_spots_without_expression", "bigint"],
       ["n_genes", "int"],
       ["total_counts", "bigint"],
       ["meta_json", "string"],

@@ -3,7 +3,7 @@
 The root API (each name is imported on first use, so ``import stlake`` is cheap)::
 
     from stlake import IngestOptions, ingest, spark_session, register_views, build_pairs, compute_hvg
-    from stlake import StreamSpec, make_loader
+    from stlake import StreamSpec, make_loader, to_anndata
 
 Packages: ``ingestion`` (raw slides -> lake), ``lake`` (schemas, storage, Delta commits, genes),
 ``sql`` (Spark over the lake), ``derived`` (pairs, HVG panels), ``stream`` (Petastorm -> PyTorch),
@@ -23,6 +23,7 @@ _EXPORTS = {
     "compute_hvg": "stlake.derived.hvg",
     "StreamSpec": "stlake.stream.spec",
     "make_loader": "stlake.stream.reader",
+    "to_anndata": "stlake.export.anndata",
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -29,6 +29,7 @@ from stlake.errors import (
     explain,
     require_lake,
 )
+from stlake.export.cli import register as register_export_command
 from stlake.ingestion.options import IngestOptions
 from stlake.ingestion.readers import layout_names
 from stlake.lake.cli import register as register_upkeep_commands
@@ -67,8 +68,9 @@ def _flag_arguments(field: dataclasses.Field, hint: Any) -> tuple[str, dict[str,
                               "metavar": flag.lstrip("-").upper().replace("-", "_")}
     if field.default is dataclasses.MISSING:
         return flag, {**kwargs, "required": True}
-    if meta.get("kind") == "negated":
-        return flag, {"dest": field.name, "help": kwargs["help"], "action": "store_false"}
+    if meta.get("kind") in ("negated", "switch"):
+        action = "store_false" if meta["kind"] == "negated" else "store_true"
+        return flag, {"dest": field.name, "help": kwargs["help"], "action": action}
     base = next((a for a in get_args(hint) if a is not type(None)), hint) if get_origin(hint) is Union else hint
     if get_origin(base) is Literal:
         kwargs.update(choices=get_args(base), metavar=None)
@@ -321,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_train_command(sub)
     register_upkeep_commands(sub)
     register_qc_command(sub)
+    register_export_command(sub)
     for command in sub.choices.values():
         add_common_flags(command)
     return parser

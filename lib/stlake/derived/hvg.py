@@ -114,9 +114,17 @@ def _species_values(species: pd.Series) -> list[Optional[str]]:
     return [None if pd.isna(value) else str(value) for value in species]
 
 
+def gene_labels(genes: pa.Table) -> dict[int, str]:
+    """gene_id -> what to show for it: its symbol, else its Ensembl id, else its key (never the hashed id)."""
+    names = ("symbol", "ensembl_id", "gene_key")
+    columns = [genes.column(c).to_pylist() if c in genes.column_names else [None] * genes.num_rows for c in names]
+    return {gid: next((v for v in values if v), str(gid))
+            for gid, *values in zip(genes.column("gene_id").to_pylist(), *columns)}
+
+
 def panel_rows(name: str, ranked: pd.DataFrame, genes: pa.Table) -> pa.Table:
-    """``gene_panels`` rows of a ranked frame, symbols looked up in the ``genes`` table."""
-    symbols = dict(zip(genes.column("gene_id").to_pylist(), genes.column("symbol").to_pylist()))
+    """``gene_panels`` rows of a ranked frame, labelled by :func:`gene_labels` of the ``genes`` table."""
+    symbols = gene_labels(genes)
     return pa.table({
         "panel": [name] * len(ranked),
         "rank": pa.array(ranked["rank"].to_numpy(np.int32), pa.int32()),
@@ -172,6 +180,7 @@ def compute_hvg(spark: SparkSession, lake: str, k: int = 256, name: Optional[str
     if run_id:
         tables.check_name("run id", run_id)
     ranked = rank_hvg(gene_stats(spark, lake, target_sum), k, min_spots)
-    rows = panel_rows(name, ranked, tables.read_table(lake, "genes", columns=["gene_id", "symbol"]))
+    rows = panel_rows(name, ranked, tables.read_table(lake, "genes",
+                                                      columns=["gene_id", "symbol", "ensembl_id", "gene_key"]))
     write_panel(lake, name, rows, run_id)
     return rows

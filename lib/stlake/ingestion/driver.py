@@ -23,7 +23,7 @@ from pyspark.sql import SparkSession
 
 from stlake.ingestion.discover import Discovery, find_slides, no_slides_message
 from stlake.ingestion.options import IngestOptions
-from stlake.ingestion.plan import SlidePlan, fill_cores, plan_slide
+from stlake.ingestion.plan import SlidePlan, fill_cores, internal_error_detail, key_genes_by_symbol, plan_slide
 from stlake.ingestion.readers.common import preview
 from stlake.ingestion.readers.labels import check_label_map
 from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
@@ -79,6 +79,7 @@ class SlideOutcome:
     results: list[UnitResult] = field(default_factory=list)
     error: Rejection | None = None
     warnings: list[Remark] = field(default_factory=list)
+    unexpressed: list[str] = field(default_factory=list)  # spots without an expression row, dropped
 
     @property
     def slide_id(self) -> str:
@@ -121,10 +122,13 @@ def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: st
 
 # ---------------------------------------------------------------- judging slides
 
-def check_expression_coverage(outcome: SlideOutcome) -> None:
-    """Every tiled spot has exactly one expression row; otherwise the slide is rejected.
+def check_expression_coverage(outcome: SlideOutcome, require_expression: bool = False) -> None:
+    """Every spot has at most one expression row; spots without one are dropped (``unexpressed``), like scanpy.
 
-    Units whose rows the planner checked (10x matrices) return no ids: their rows must add up to the spots.
+    The slide is rejected (``spots_without_expression``) when no spot has a row, or when any spot lacks
+    one and ``require_expression`` is set. Units whose rows the planner checked (10x matrices, whose
+    spots without a row the planner already dropped or rejected) return no ids: their rows must add up
+    to the spots.
     """
     record, _ = outcome.plan.ready()
     expr = [r for r in outcome.results if r.kind == "expression"]
@@ -142,9 +146,42 @@ def check_expression_coverage(outcome: SlideOutcome) -> None:
         return
     expected = record.spots.spot_id.astype(str)
     missing = np.setdiff1d(expected, unique)
-    if len(missing):
-        outcome.error = Rejection("expression", "spots_without_expression",
-                                  f"{len(missing)} of {len(expected)} spots have no expression row: {preview(missing)}")
+    if not len(missing):
+        return
+    detail = (f"{len(missing)} of {len(expected)} spots have no expression row in {record.expression.uri}: "
+              f"{preview(missing)}")
+    if require_expression or len(missing) == len(expected):
+        outcome.error = Rejection("expression", "spots_without_expression", detail)
+        return
+    outcome.unexpressed = [str(spot) for spot in missing]
+    outcome.warnings.append(("spots_without_expression", f"{detail}; dropped"))
+
+
+def drop_unexpressed(lake: str, outcome: SlideOutcome) -> None:
+    """Rewrite a landing slide's ``spots`` and ``annotations`` files without its ``unexpressed`` spots.
+
+    A failure rejects the slide (``internal_error``); the files written so far are deleted with it.
+    """
+    if outcome.error is not None or not outcome.unexpressed:
+        return
+    for result in outcome.results:
+        if result.kind != "tiles":
+            continue
+        kept: list[tables.DataFile] = []
+        for number, data_file in enumerate(result.files):
+            try:
+                copy = tables.rewrite_without(lake, data_file.table, data_file.path, "spot_id", outcome.unexpressed,
+                                              f"{data_file.path}-expressed-{number}")
+            except Exception as error:
+                outcome.error = Rejection("expression", "internal_error", internal_error_detail(error))
+                result.files = kept + result.files[number:]
+                return
+            if copy is None:
+                kept.append(data_file)
+            else:
+                kept += copy
+                tables.discard(lake, [data_file])
+        result.files = kept
 
 
 def collect_warnings(outcome: SlideOutcome) -> None:
@@ -165,8 +202,8 @@ def collect_warnings(outcome: SlideOutcome) -> None:
                                                   "or the spots do not lie on the tissue"))
 
 
-def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcome]:
-    """Group unit results by slide and decide which slides land."""
+def judge(plans: list[SlidePlan], results: list[UnitResult], require_expression: bool = False) -> list[SlideOutcome]:
+    """Group unit results by slide and decide which slides land (see :func:`check_expression_coverage`)."""
     by_slide: dict[str, list[UnitResult]] = defaultdict(list)
     for result in results:
         by_slide[result.slide_id].append(result)
@@ -177,7 +214,7 @@ def judge(plans: list[SlidePlan], results: list[UnitResult]) -> list[SlideOutcom
         if outcome.error is None and failed:
             outcome.error = failed[0].error
         if outcome.error is None:
-            check_expression_coverage(outcome)
+            check_expression_coverage(outcome, require_expression)
         if outcome.error is None:
             collect_warnings(outcome)
         outcomes.append(outcome)
@@ -193,6 +230,8 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
     tiles = [r for r in outcome.results if r.kind == "tiles"]
     expr = [r for r in outcome.results if r.kind == "expression"]
     detected = np.unique(np.concatenate([r.detected_gene_ids for r in expr])) if expr else []
+    border = {s for r in tiles for s in r.dropped_spots}
+    unexpressed = set(record.unexpressed) | set(outcome.unexpressed)  # dropped by the planner / by the driver
     meta = dict(plan.ref.meta)
     res = plan.resolution
     return {
@@ -206,7 +245,8 @@ def slide_row(outcome: SlideOutcome, options: IngestOptions, run_id: str, now: d
         "tile_size_px": plan.tile_size_px, "tile_resize_px": res.resize_px if res else options.resize_px,
         "tile_microns_per_pixel": res.tile_mpp if res else None, "pyramid_level": res.level if res else 0,
         "scale_source": res.scale_source if res else None,
-        "n_spots": sum(r.rows for r in tiles), "n_spots_dropped": sum(len(r.dropped_spots) for r in tiles),
+        "n_spots": sum(f.num_records for r in tiles for f in r.files if f.table == "spots"),
+        "n_spots_dropped": len(border | unexpressed), "n_spots_without_expression": len(unexpressed),
         "n_genes": len(detected), "total_counts": sum(r.total_counts for r in expr),
         "meta_json": json.dumps(meta, sort_keys=True), "run_id": run_id, "ingested_at": now,
     }
@@ -376,11 +416,14 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
     with progress.meter("planning", len(refs), "slides") as meter, spark_tasks(spark, meter.tasks):
         plans = plan_slides(spark, refs, options)
         meter.update(done=len(plans), rejected=sum(p.error is not None for p in plans))
+    key_genes_by_symbol(plans, tables.read_table(options.lake, "genes"))
     with progress.meter("units", sum(len(p.units) for p in plans if p.error is None), "tasks", "tiles") as meter, \
             spark_tasks(spark, meter.tasks):
         results = run_units(spark, plans, options.lake, run_id)
         count_results(meter, results)
-    outcomes = judge(plans, results)
+    outcomes = judge(plans, results, options.require_expression)
+    for outcome in outcomes:
+        drop_unexpressed(options.lake, outcome)
     report_outcomes(progress, outcomes, landed=False)
     versions = commit_run(options.lake, outcomes, options, run_id, found.rejected)
     report_outcomes(progress, outcomes, landed=True)

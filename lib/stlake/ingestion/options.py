@@ -25,7 +25,7 @@ def option(default: Any, help: str, *, flag: Optional[str] = None, kind: Optiona
     """A dataclass field with the CLI's help text.
 
     ``flag`` overrides ``--field-name``; ``kind`` names a parser (``size``: '4G', '512M'; ``negated``: a
-    store-false switch named by ``flag``).
+    store-false switch named by ``flag``; ``switch``: a store-true switch).
     """
     return field(default=default, metadata={"help": help, "flag": flag, "kind": kind})
 
@@ -56,6 +56,9 @@ class IngestOptions:
     max_spots_per_task: int = option(20_000, "split a slide's tiles into tasks of at most this many spots")
     bin_size_um: BinSize = option(8, "VisiumHD bin size in µm", flag="--bin-size")
     in_tissue_only: bool = option(True, "keep spots outside the tissue too", flag="--all-spots", kind="negated")
+    require_expression: bool = option(False, "reject a slide when any of its spots has no expression row "
+                                             "(default: drop such spots with a warning, as scanpy does)",
+                                      kind="switch")
     layouts: Optional[tuple[str, ...]] = option(None, "only these layouts when scanning (repeatable)",
                                                 flag="--layout")
     label_set: Optional[str] = option(None, "annotation set whose labels go into spots.label (default: a slide's "

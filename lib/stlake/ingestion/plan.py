@@ -237,15 +237,52 @@ def fill_cores(plans: list[SlidePlan], cores: int) -> None:
         _renumber_tiles(plans[p])
 
 
+def row_filters(record: SlideRecord, plan: matrices.ExprPlan, options: IngestOptions) -> list[matrices.RowFilter]:
+    """The chunks' row lookups; spots the matrix has no row for are dropped from ``record`` (like scanpy).
+
+    Where the planner sees the matrix's row ids (10x), such spots are removed here, before any tile is cut,
+    with a ``spots_without_expression`` warning; the slide is rejected when no spot has a row, or with
+    ``require_expression``.
+    """
+    try:
+        return matrices.plan_rows(record.expression, plan, record.spots.spot_id)
+    except matrices.SpotsWithoutRows as error:
+        if options.require_expression or len(error.missing) == len(record.spots):
+            raise
+        record.spots = record.spots.take(~np.isin(record.spots.spot_id.astype(str), error.missing))
+        record.warnings.append(("spots_without_expression", f"{error.detail}; dropped"))
+        record.unexpressed = error.missing
+        return error.masks
+
+
 def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[ExprUnit], genes.GeneMap]:
     """One unit per chunk of the matrix, with the slide's columns mapped onto global gene ids."""
     plan = matrices.plan_expression(record.expression, options.expr_chunk_bytes)
     gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
-    rows = matrices.plan_rows(record.expression, plan, record.spots.spot_id)
+    rows = row_filters(record, plan, options)
     units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, plan, chunk,
                       gene_map.gene_ids, chunk_rows, index)
              for index, (chunk, chunk_rows) in enumerate(zip(plan.chunks, rows))]
     return units, gene_map
+
+
+def key_genes_by_symbol(plans: list[SlidePlan], known: Optional[pa.Table]) -> None:
+    """Key the planned slides' Ensembl-only genes by symbol where the lake or the run pairs them with one.
+
+    Pairs come from ``known`` (the lake's genes) and the run's slides (:func:`stlake.lake.genes.symbol_pairs`);
+    genes left keyed by id are remarks in the slide's warnings (:func:`stlake.lake.genes.rekey_by_symbol`).
+    """
+    planned = [plan for plan in plans if plan.error is None and plan.gene_rows is not None]
+    pairs = genes.symbol_pairs([known, *(plan.gene_rows for plan in planned)])
+    for plan in planned:
+        assert plan.gene_rows is not None
+        rekeyed = genes.rekey_by_symbol(plan.gene_rows, pairs)
+        plan.gene_rows = rekeyed.rows
+        plan.warnings += rekeyed.remarks
+        mapped: dict[int, np.ndarray] = {}  # a slide's units share one gene_ids array: remap it once
+        plan.units = [dataclasses.replace(unit, gene_ids=mapped.setdefault(
+                          id(unit.gene_ids), genes.remap_ids(unit.gene_ids, rekeyed.new_ids)))
+                      if isinstance(unit, ExprUnit) and rekeyed.new_ids else unit for unit in plan.units]
 
 
 def internal_error_detail(error: Exception) -> str:

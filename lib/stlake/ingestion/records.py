@@ -217,3 +217,4 @@ class SlideRecord:
     image_source: str = "fullres"  # "fullres" or "hires"
     warnings: list[Remark] = field(default_factory=list)  # go to rejects as warnings
     label_sets: list[LabelSet] = field(default_factory=list)  # columns of ``spots.annotations``, in order
+    unexpressed: list[str] = field(default_factory=list)  # spots the matrix has no row for, dropped by the planner

@@ -5,6 +5,11 @@ A gene is keyed by (species, gene_key): the unversioned upper-case Ensembl id fo
 key). 10x features (id + name) are keyed by symbol, so a 10x slide and a symbol-only CSV slide share
 genes; their Ensembl id is recorded. ``gene_id`` is a hash of the key, so no coordination is needed.
 
+A matrix that names genes only by Ensembl id (an ``ENSG…`` CSV) would key them by id while a 10x slide
+keys the same genes by symbol. The (Ensembl id, symbol) pairs the lake already holds (every 10x
+feature list carries both) are learned (:func:`symbol_pairs`) and such genes are keyed by their symbol
+(:func:`rekey_by_symbol`); genes without a known pair keep their Ensembl key and are reported.
+
 Collision remarks (``rejects`` warnings) name columns by number and gene name: gene names are
 identifiers that the ``genes`` table holds anyway, not counts. A name too long to be a gene name (a
 broken header can hold anything) is shortened to its first ``MAX_SHOWN`` characters.
@@ -34,6 +39,7 @@ SPECIES_ALIASES = {
 }
 UNKNOWN_SPECIES = "unknown"
 COLLISION = "gene_collision"
+UNRESOLVED = "ensembl_genes_unresolved"
 EMPTY_NAME = "gene_name_empty"
 MAX_SHOWN = 40  # characters of a gene name or key shown in a remark
 
@@ -218,3 +224,92 @@ def merge_gene_rows(existing: Optional[pa.Table], new: list[pa.Table]) -> pa.Tab
     merged = merged.reset_index()[schemas.GENES.names].sort_values(["species", "gene_key", "gene_id"], kind="stable")
     merged = merged.astype(object).where(merged.notna(), None)
     return pa.Table.from_pandas(merged, schema=schemas.GENES, preserve_index=False)
+
+
+# ---------------------------------------------------------------- Ensembl-only genes keyed by symbol
+
+#: (species, unversioned Ensembl id) -> (symbol key, symbol as first seen).
+SymbolPairs = dict[tuple[str, str], tuple[str, str]]
+
+
+def symbol_pairs(tables: Sequence[Optional[pa.Table]]) -> SymbolPairs:
+    """The Ensembl id -> symbol pairs of ``genes`` rows keyed by their symbol (10x features carry both).
+
+    An id paired with two different symbol keys (annotation releases disagree) is left out.
+    """
+    pairs: SymbolPairs = {}
+    ambiguous: set[tuple[str, str]] = set()
+    for table in tables:
+        if table is None or not table.num_rows:
+            continue
+        columns = (table.column(c).to_pylist() for c in ("species", "gene_key", "symbol", "ensembl_id"))
+        for species, key, symbol, ensembl in zip(*columns):
+            if not (symbol and ensembl) or key != symbol.strip().upper():
+                continue
+            known = pairs.setdefault((species, ensembl), (key, symbol))
+            if known[0] != key:
+                ambiguous.add((species, ensembl))
+    return {pair: value for pair, value in pairs.items() if pair not in ambiguous}
+
+
+@dataclass
+class Rekeyed:
+    """A slide's genes after :func:`rekey_by_symbol`."""
+
+    new_ids: dict[int, int]  # old gene_id -> new gene_id of the genes keyed by symbol now
+    rows: pa.Table  # the slide's ``genes`` rows
+    remarks: list[tuple[str, str]]  # (reason, detail) of the genes left keyed by Ensembl id
+
+
+def _ensembl_only(row: dict) -> bool:
+    """A gene keyed by its Ensembl id because its source named it by id only."""
+    return row["symbol"] is None and row["ensembl_id"] is not None and row["gene_key"] == row["ensembl_id"]
+
+
+def rekey_by_symbol(rows: pa.Table, pairs: SymbolPairs) -> Rekeyed:
+    """Key a slide's Ensembl-only genes by the symbol ``pairs`` give them; report the others.
+
+    A gene stays keyed by its id when no pair is known, or when its symbol is already a gene of the
+    slide (two columns would become one gene).
+    """
+    genes = rows.to_pylist()
+    taken = {row["gene_key"] for row in genes}
+    new_ids: dict[int, int] = {}
+    unresolved, clashes, out = [], [], []
+    for row in genes:
+        pair = pairs.get((row["species"], row["ensembl_id"])) if _ensembl_only(row) else None
+        if pair is None or pair[0] in taken:
+            if pair is not None:
+                clashes.append(row["gene_key"])
+            elif _ensembl_only(row):
+                unresolved.append(row["gene_key"])
+            out.append(row)
+            continue
+        taken.add(pair[0])
+        new = {**row, "gene_key": pair[0], "symbol": pair[1], "gene_id": gene_id(row["species"], pair[0])}
+        new_ids[row["gene_id"]] = new["gene_id"]
+        out.append(new)
+    total = sum(_ensembl_only(row) for row in genes)
+    remarks = []
+    if unresolved:
+        remarks.append((UNRESOLVED, f"{len(unresolved)} of {total} genes named only by Ensembl id have no known "
+                                    f"symbol (no 10x slide in the lake or this run pairs them), so they keep their "
+                                    f"Ensembl key: {_preview(unresolved)}"))
+    if clashes:
+        remarks.append((COLLISION, f"{len(clashes)} genes named by Ensembl id keep it as their key because their "
+                                   f"symbol is another column of the slide: {_preview(clashes)}"))
+    table = pa.Table.from_pylist(sorted(out, key=lambda r: (r["species"], r["gene_key"])), schema=schemas.GENES)
+    return Rekeyed(new_ids, table, remarks)
+
+
+def _preview(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(_shown(name) for name in names[:shown]) + more
+
+
+def remap_ids(gene_ids: np.ndarray, new_ids: dict[int, int]) -> np.ndarray:
+    """``GeneMap.gene_ids`` (global id per source column, -1 dropped) with ``new_ids`` applied."""
+    if not new_ids:
+        return gene_ids
+    return np.array([new_ids.get(int(g), int(g)) for g in gene_ids], dtype=np.int64)

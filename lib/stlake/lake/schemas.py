@@ -30,7 +30,8 @@ SLIDES = pa.schema([
     ("pyramid_level", pa.int32()),  # level of the image's pyramid the tiles were cut from (0 = full resolution)
     ("scale_source", pa.string()),  # where microns_per_pixel came from: manifest, reader, tiff_resolution
     ("n_spots", pa.int64()),  # spots that landed in `spots`
-    ("n_spots_dropped", pa.int64()),  # border spots dropped (border="drop")
+    ("n_spots_dropped", pa.int64()),  # spots dropped: border spots (border="drop") and spots without expression
+    ("n_spots_without_expression", pa.int64()),  # spots with positions but no expression row (dropped)
     ("n_genes", pa.int32()),  # genes detected in at least one spot
     ("total_counts", pa.int64()),
     ("meta_json", pa.string()),  # remaining metadata (pmid, title, keywords, involve_cancer, ...)

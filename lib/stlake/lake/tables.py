@@ -232,22 +232,26 @@ def read_table(lake: str, table_name: str, columns: Optional[list[str]] = None) 
     return pa.table(table.to_pyarrow_table(columns=columns))
 
 
+def slide_files(lake: str, table_name: str, slide_id: str) -> list[str]:
+    """URIs of the snapshot's files that may hold rows of ``slide_id`` (by their min/max statistics)."""
+    table = open_table(lake, table_name)
+    if table is None:
+        return []
+    actions, root = add_actions(table), table_uri(lake, table_name)
+    n = actions.num_rows
+    lows, highs = ([None] * n if name not in actions.column_names else actions.column(name).to_pylist()
+                   for name in ("min.slide_id", "max.slide_id"))
+    return [storage.join(root, path) for path, low, high in zip(actions.column("path").to_pylist(), lows, highs)
+            if low is None or high is None or low <= slide_id <= high]
+
+
 def slide_rows(lake: str, table_name: str, slide_id: str, columns: Optional[list[str]] = None) -> pa.Table:
     """One slide's rows of the table's current snapshot: only files whose statistics may hold it are read."""
-    table = open_table(lake, table_name)
     schema = schemas.TABLES[table_name]
     wanted = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    if table is None:
-        return wanted.empty_table()
-    actions, root = add_actions(table), table_uri(lake, table_name)
-    lows = actions.column("min.slide_id").to_pylist() if "min.slide_id" in actions.column_names else []
-    highs = actions.column("max.slide_id").to_pylist() if "max.slide_id" in actions.column_names else []
     parts = [wanted.empty_table()]
-    for i, path in enumerate(actions.column("path").to_pylist()):
-        low, high = (lows[i], highs[i]) if lows else (None, None)
-        if low is not None and high is not None and not low <= slide_id <= high:
-            continue
-        fs, local = storage.filesystem(storage.join(root, path))
+    for uri in slide_files(lake, table_name, slide_id):
+        fs, local = storage.filesystem(uri)
         part = pq.read_table(local, filesystem=fs, columns=list(set(wanted.names) | {"slide_id"}),
                              filters=pc.field("slide_id") == slide_id)
         parts.append(part.select(wanted.names).cast(wanted))
@@ -286,12 +290,28 @@ def _files_of_slides(table: DeltaTable, slide_ids: set[str]) -> tuple[list[tuple
     return whole, mixed
 
 
-def _rewrite_without(lake: str, table_name: str, path: str, slide_ids: set[str]) -> list[DataFile]:
-    """Copy a file holding several slides without the rows of ``slide_ids``."""
+def _rows_without(lake: str, table_name: str, path: str, column: str, values: Iterable[str]) -> tuple[pa.Table, int]:
+    """A data file's rows without those whose ``column`` is in ``values``, and how many were left out."""
     uri = storage.join(table_uri(lake, table_name), path)
     fs, fs_path = storage.filesystem(uri)
     rows = pq.read_table(fs_path, filesystem=fs)
-    keep = rows.filter(pc.invert(pc.is_in(rows.column("slide_id"), value_set=pa.array(sorted(slide_ids)))))
+    keep = rows.filter(pc.invert(pc.is_in(rows.column(column), value_set=pa.array(sorted(set(values)), pa.string()))))
+    return keep, rows.num_rows - keep.num_rows
+
+
+def rewrite_without(lake: str, table_name: str, path: str, column: str, values: Iterable[str],
+                    tag: str) -> Optional[list[DataFile]]:
+    """Copy a data file without the rows whose ``column`` is in ``values``; None when it holds no such row.
+
+    The copy is new files (none when no row is left, all or none written); the original is left as it is.
+    """
+    keep, dropped = _rows_without(lake, table_name, path, column, values)
+    return write_data_files(lake, table_name, keep, tag) if dropped else None
+
+
+def _rewrite_without(lake: str, table_name: str, path: str, slide_ids: set[str]) -> list[DataFile]:
+    """Copy a file holding several slides without the rows of ``slide_ids``."""
+    keep, _ = _rows_without(lake, table_name, path, "slide_id", slide_ids)
     return write_data_files(lake, table_name, keep, f"rewrite-{uuid.uuid4().hex[:8]}") if keep.num_rows else []
 
 

@@ -35,7 +35,7 @@ from stlake.ingestion.matrices.batch import (
 )
 from stlake.ingestion.matrices.errors import unreadable
 from stlake.ingestion.matrices.format import MatrixFormat
-from stlake.ingestion.matrices.rows import RowFilter, RowMask, SlideIds, row_filters
+from stlake.ingestion.matrices.rows import RowFilter, RowMask, SlideIds, SpotsWithoutRows, row_filters
 from stlake.ingestion.matrices.tenx import GENE_EXPRESSION
 from stlake.ingestion.matrices.text_parse import parse_text_block
 from stlake.ingestion.records import ExpressionSource, SlideError
@@ -52,8 +52,8 @@ FORMATS: dict[str, MatrixFormat] = {fmt.kind: fmt for fmt in (
 )}
 
 __all__ = ["FORMATS", "GENE_EXPRESSION", "INT32_MAX", "MAX_BATCH_NNZ", "MAX_BATCH_ROWS", "ExprChunk", "ExprPlan",
-           "MatrixFormat", "RowFilter", "RowMask", "SlideIds", "SparseBatch", "get_format", "parse_text_block",
-           "plan_expression", "plan_rows", "read_chunk"]
+           "MatrixFormat", "RowFilter", "RowMask", "SlideIds", "SparseBatch", "SpotsWithoutRows", "get_format",
+           "parse_text_block", "plan_expression", "plan_rows", "read_chunk"]
 
 
 def get_format(src: ExpressionSource) -> MatrixFormat:

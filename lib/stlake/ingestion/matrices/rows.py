@@ -89,6 +89,17 @@ class SlideIds:
 RowFilter = Union[RowMask, SlideIds]
 
 
+class SpotsWithoutRows(SlideError):
+    """``spots_without_expression`` found at planning, with the chunks' masks and the spots that have no row.
+
+    The masks are valid for the other spots too, so a planner that drops ``missing`` can use them.
+    """
+
+    def __init__(self, detail: str, masks: list[RowFilter], missing: list[str]) -> None:
+        super().__init__("spots_without_expression", detail)
+        self.masks, self.missing = masks, missing
+
+
 def _slide_index(spot_ids: np.ndarray) -> pd.Index:
     index = pd.Index(spot_ids.astype(str), dtype=object)
     if not index.is_unique:
@@ -117,8 +128,8 @@ def row_masks(chunk_ids: Iterator[np.ndarray], spot_ids: np.ndarray, uri: str) -
         masks.append(RowMask.of(position >= 0))
     if not seen.all():
         missing = index[~seen]
-        raise SlideError("spots_without_expression", f"{len(missing)} of {len(index)} spots have no row in {uri}: "
-                                                     f"{_preview(missing)}")
+        raise SpotsWithoutRows(f"{len(missing)} of {len(index)} spots have no row in {uri}: {_preview(missing)}",
+                               masks, [str(spot) for spot in missing])
     return masks
 
 
