@@ -352,6 +352,16 @@ def commit_run(lake: str, outcomes: list[SlideOutcome], options: IngestOptions, 
 
 # ---------------------------------------------------------------- the job
 
+def known_genes(lake: str) -> Optional[pa.Table]:
+    """The lake's ``genes`` rows (their Ensembl id <-> symbol pairs key Ensembl-only genes); None if unreadable."""
+    try:
+        return tables.read_table(lake, "genes", columns=["species", "gene_key", "symbol", "ensembl_id"])
+    except Exception as error:  # the commit reports storage trouble; here only the pairs are lost
+        log.warning("genes table not read (%s): Ensembl-only genes are keyed by this run's pairs only",
+                    storage.describe_error(error))
+        return None
+
+
 def check_lake(lake: str) -> None:
     """``RunError`` when ``lake`` cannot hold a lake: a file, below a file, not writable, storage silent."""
     problem = storage.folder_problem(lake)
@@ -416,7 +426,7 @@ def ingest(spark: SparkSession, options: IngestOptions, run_id: str | None = Non
     with progress.meter("planning", len(refs), "slides") as meter, spark_tasks(spark, meter.tasks):
         plans = plan_slides(spark, refs, options)
         meter.update(done=len(plans), rejected=sum(p.error is not None for p in plans))
-    key_genes_by_symbol(plans, tables.read_table(options.lake, "genes"))
+    key_genes_by_symbol(plans, known_genes(options.lake))
     with progress.meter("units", sum(len(p.units) for p in plans if p.error is None), "tasks", "tiles") as meter, \
             spark_tasks(spark, meter.tasks):
         results = run_units(spark, plans, options.lake, run_id)
