@@ -40,7 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` to the ``stlake`` command line."""
     export = sub.add_parser("export", help="slides of the lake -> one AnnData .h5ad each (Spark job)")
-    export.add_argument("--lake", default="./lake")
+    export.add_argument("--lake", default="./lake", help="lake root: a local folder or s3://bucket/prefix")
     export.add_argument("--out", required=True, help="folder or s3:// prefix for <slide_id>.h5ad files")
     export.add_argument("--slides", action="append", nargs="+", help="slide ids (default: every slide)")
     export.add_argument("--where", help="Spark SQL condition on the slides table, e.g. \"technology = 'Visium'\"")
