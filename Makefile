@@ -53,6 +53,9 @@ bench: venv
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_stream.py
 	$(PY) bench/bench_resolution.py
+	$(PY) bench/bench_png.py
+	$(PY) bench/bench_corpus.py
+	$(PY) bench/bench_visiumhd.py
 
 # Executed copies of the notebooks (outputs and figures) for readers of the repository; the stripped
 # notebooks/*.ipynb stay the source. A few minutes on two cores.

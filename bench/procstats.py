@@ -95,6 +95,7 @@ class TreeSampler(threading.Thread):
         self.window_total = 0  # max of the sum of RSS over the tree since the last reset
         self.hwm: dict[int, int] = {}  # pid -> last VmHWM seen since the last reset
         self.kind: dict[int, str] = {}
+        self.cpu_seen: dict[int, float] = {}  # pid -> last CPU seconds seen (kept after the process ends)
 
     def classify(self, proc: Any) -> str:
         """``driver``, ``jvm``, ``pyspark daemon``, ``python worker`` or ``other``."""
@@ -128,6 +129,11 @@ class TreeSampler(threading.Thread):
             except OSError:
                 continue
             total += status.get("VmRSS", 0)
+            try:
+                times = proc.cpu_times()
+                self.cpu_seen[proc.pid] = times.user + times.system
+            except self.psutil.Error:
+                pass
             with self.lock:
                 if self.kind.get(proc.pid, "other") == "other":  # spark-submit execs into java: re-check
                     self.kind[proc.pid] = self.classify(proc)
@@ -149,7 +155,7 @@ class TreeSampler(threading.Thread):
         """Start a new window: clear the kernel's peak marks of every process of the tree."""
         ok = all([reset_peak(proc.pid) for proc in self.tree()])
         with self.lock:
-            self.window_total, self.hwm = 0, {}
+            self.window_total, self.hwm, self.cpu_seen = 0, {}, {}
         return ok
 
     def cpu_seconds(self) -> dict[int, float]:
@@ -162,6 +168,13 @@ class TreeSampler(threading.Thread):
             except self.psutil.Error:
                 pass
         return out
+
+    def cpu_seen_by_kind(self, before: dict[int, float]) -> dict[str, float]:
+        """CPU seconds since ``before`` (a :meth:`cpu_seconds` snapshot) of every process sampled, ended ones too."""
+        self.sample()
+        with self.lock:
+            seen = dict(self.cpu_seen)
+        return self.cpu_by_kind(before, seen)
 
     def cpu_by_kind(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
         """CPU seconds spent between two :meth:`cpu_seconds` snapshots, summed by process kind."""

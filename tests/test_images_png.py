@@ -178,3 +178,19 @@ def test_interlaced_png_over_budget(tmp_path):
     with pytest.raises(SlideError) as err:
         images.open_region_reader(str(path), 1000)
     assert err.value.reason == "image_too_large" and "interlaced" in err.value.detail
+
+
+@pytest.mark.parametrize("mode,interlace", [("RGB", False), ("RGBA", False), ("RGB", True)])
+def test_fast_png_decode_equals_opencv(tmp_path, mode, interlace):
+    """8-bit RGB(A) PNGs go through libspng; the pixels are OpenCV's IMREAD_COLOR ones, bit for bit."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (97, 131, len(mode)), dtype=np.uint8)
+    path = tmp_path / f"x_{mode}_{interlace}.png"
+    Image.fromarray(pixels, mode).save(path, interlace=int(interlace))
+    data = path.read_bytes()
+    header = images.png._parse_ihdr(data[:33])
+    fast = images.png._spng_bgr(data, header)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    with images.open_region_reader(str(path)) as reader:
+        np.testing.assert_array_equal(reader.read_region(0, 97, 0, 131), fast)

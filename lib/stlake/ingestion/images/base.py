@@ -121,6 +121,28 @@ class _SeqReader:
             self._base, self._buf, self._pos = self.position + n, b"", 0
 
 
+class _MemReader(_SeqReader):
+    """``_SeqReader``'s reads over bytes already in memory: zero-copy ``memoryview`` slices."""
+
+    def __init__(self, data: bytes, start: int) -> None:
+        self._view, self._at = memoryview(data), start
+
+    @property
+    def position(self) -> int:
+        """Offset of the next byte ``read`` returns."""
+        return self._at
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end), as a view."""
+        out = self._view[self._at:self._at + n]
+        self._at += len(out)
+        return out  # type: ignore[return-value]  # a memoryview serves every caller of read
+
+    def skip(self, n: int) -> None:
+        """Move ``n`` bytes forward."""
+        self._at += n
+
+
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """The process's stderr (file descriptor 2) goes to /dev/null meanwhile.

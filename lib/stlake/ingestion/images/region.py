@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class _CachedReader(RegionReader):
-    """A PNG or JPEG within budget: decoded once with OpenCV on first use, then sliced."""
+    """A PNG or JPEG within budget: decoded once on first use (libspng or OpenCV), then sliced."""
 
     def __init__(self, uri: str, info: ImageInfo, budget_bytes: int, png: Optional[_PngHeader] = None) -> None:
         super().__init__(info, budget_bytes)
