@@ -8,7 +8,15 @@ LAKE ?= lake
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo demo-s3 test test-slow test-all lint bench terraform-check notebooks-docs clean
+# The pyspark 3.5 leg (EMR 7.x, Databricks LTS before 16): pyspark 3.5 in its own venv, every other package
+# from $(VENV) through a .pth that comes after its own site-packages (no second copy of the stack).
+SPARK35_VENV ?= .venv-spark35
+SPARK35_VERSION ?= 3.5.5
+SPARK35_STAMP := $(SPARK35_VENV)/.installed-$(SPARK35_VERSION)
+SPARK35_TESTS ?= tests/test_ingest.py tests/test_pairs_panel.py tests/test_s3_pipeline.py tests/test_stream.py
+
+.PHONY: venv venv-spark35 demo demo-s3 test test-slow test-all test-spark35 lint bench terraform-check \
+        notebooks-docs clean
 
 venv: $(STAMP)
 
@@ -39,6 +47,22 @@ demo-s3: venv
 test: venv
 	$(PY) -m pytest -m "not slow" -q
 
+venv-spark35: $(SPARK35_STAMP)
+
+$(SPARK35_STAMP): $(STAMP)
+	rm -rf $(SPARK35_VENV)
+	$(PY) -m venv $(SPARK35_VENV)
+	$(SPARK35_VENV)/bin/python -m pip install --quiet --no-deps "pyspark==$(SPARK35_VERSION)" "py4j==0.10.9.7"
+	printf '%s\n%s\n' "$(CURDIR)/lib" "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  > "$$($(SPARK35_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_stlake_venv.pth"
+	ln -sf "$(abspath $(VENV))/bin/weed" $(SPARK35_VENV)/bin/weed
+	$(SPARK35_VENV)/bin/python -c "import pyspark, stlake, deltalake; assert pyspark.__version__ == '$(SPARK35_VERSION)'"
+	touch $(SPARK35_STAMP)
+
+# The core subset (ingest, SQL on both routes, pairs, hvg, stream) on pyspark 3.5.
+test-spark35: venv-spark35
+	$(SPARK35_VENV)/bin/python -m pytest -m "not slow" -q $(SPARK35_TESTS)
+
 lint: venv
 	$(VENV)/bin/ruff check lib jobs bench tests
 	$(VENV)/bin/mypy
@@ -66,4 +90,4 @@ terraform-check:
 	bash infra/terraform/check.sh
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) $(LAKE) .pytest_cache
+	rm -rf $(VENV) $(SPARK35_VENV) $(DEMO_DATA) $(LAKE) .pytest_cache

@@ -142,3 +142,17 @@ def test_panel_labels_are_symbols_or_ensembl_ids_never_hashed_ids():
                      "gene_key": ["TP53", "ENSG2", "KEY3"]})
     ranked = pd.DataFrame({"species": ["human"] * 3, "gene_id": [1, 2, 3], "rank": [1, 2, 3], "score": [3.0, 2.0, 1.0]})
     assert panel_mod.panel_rows("p", ranked, rows).column("symbol").to_pylist() == ["TP53", "ENSG2", "KEY3"]
+
+
+@pytest.mark.parametrize("table", ["spots", "expression", "slides"])
+def test_every_sql_route_reads_the_snapshot_rows(spark, lake, table):
+    """Spark's Parquet reader, the pyarrow route of this Spark version, and ``mapInArrow`` over the file list
+    (Spark 3.5's pyarrow route, also on Spark 4) read the same rows as delta-rs."""
+    from stlake.sql import read_table
+    from stlake.sql.filelist import read_files_by_index
+    columns = [c for c in ("slide_id", "spot_id", "total_counts", "n_spots") if c in schemas.TABLES[table].names]
+    expected = sorted(zip(*[tables.read_table(lake, table, columns=columns)[c].to_pylist() for c in columns]))
+    frames = {route: read_table(spark, lake, table, route) for route in ("snapshot-parquet", "snapshot-pyarrow")}
+    frames["mapInArrow"] = read_files_by_index(spark, tables.active_files(lake, table), schemas.TABLES[table])
+    for route, frame in frames.items():
+        assert sorted(tuple(row) for row in frame.select(*columns).collect()) == expected, route

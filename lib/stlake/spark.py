@@ -246,6 +246,11 @@ def has_s3a(spark: SparkSession) -> bool:
     return has_jvm_class(spark, "org.apache.hadoop.fs.s3a.S3AFileSystem")
 
 
+def has_python_data_sources(spark: SparkSession) -> bool:
+    """Spark's Python data source API is there (Spark 4; not 3.5)."""
+    return hasattr(spark, "dataSource")
+
+
 def is_local(spark: SparkSession) -> bool:
     """True when the executors run on this machine (a ``local[...]`` master)."""
     try:

@@ -1,4 +1,4 @@
-"""A Spark Python data source over a Delta snapshot's files, read with pyarrow (local or S3).
+"""A Spark Python data source over a Delta snapshot's files, read with pyarrow (local or S3); Spark 4 only.
 
 Used for SQL over an ``s3://`` lake when Spark has no ``s3a`` connector: the driver lists the
 snapshot's active files from the Delta log (delta-rs); each Spark task reads one file through
@@ -11,13 +11,12 @@ import json
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
-BATCH_ROWS = 1024
+from stlake.sql.filelist import file_batches
 
 
 class FilePartition(InputPartition):
@@ -39,14 +38,10 @@ class SnapshotReader(DataSourceReader):
         return [FilePartition(uri) for uri in self.files]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        """The record batches of one file (a :class:`FilePartition`), ``BATCH_ROWS`` rows at a time."""
-        from stlake.lake import storage
+        """The record batches of one file (a :class:`FilePartition`)."""
         if not isinstance(partition, FilePartition):
             raise TypeError(f"expected a FilePartition, got {type(partition).__name__}")
-        fs, path = storage.filesystem(partition.uri)
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=self.columns)
+        yield from file_batches(partition.uri, self.columns)
 
 
 class SnapshotSource(DataSource):

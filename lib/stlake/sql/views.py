@@ -2,18 +2,20 @@
 
 Route per table, best first: delta-spark when its jars are loaded (native Delta reader); otherwise the
 files of the table's current Delta snapshot (its active add actions, as delta-rs reads them), handed
-to Spark's Parquet reader for local lakes, or to stlake's Python data source (pyarrow S3) for an
-``s3://`` lake when Spark has no ``s3a`` connector.
+to Spark's Parquet reader for local lakes, or, for an ``s3://`` lake when Spark has no ``s3a`` connector,
+read by pyarrow in Spark tasks: stlake's Python data source on Spark 4, ``mapInArrow`` over the file
+list on Spark 3.5 (which has no Python data source API).
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from stlake.lake import schemas, storage, tables
-from stlake.spark import forward_storage_environment, has_delta_spark, has_s3a
+from stlake.spark import forward_storage_environment, has_delta_spark, has_python_data_sources, has_s3a
 
 
 def spark_uri(uri: str) -> str:
@@ -45,9 +47,17 @@ def read_table(spark: SparkSession, lake: str, name: str, route: Optional[str] =
     if not files:
         return spark.createDataFrame([], schema)
     if route == "snapshot-pyarrow":
-        from stlake.sql.datasource import read_snapshot_files
-        return read_snapshot_files(spark, files, schemas.TABLES[name])
+        return read_snapshot_pyarrow(spark, files, schemas.TABLES[name])
     return spark.read.schema(schema).parquet(*[spark_uri(f) for f in files])
+
+
+def read_snapshot_pyarrow(spark: SparkSession, files: list[str], schema: pa.Schema) -> DataFrame:
+    """``files`` read by pyarrow in Spark tasks: the Python data source on Spark 4, ``mapInArrow`` before."""
+    if has_python_data_sources(spark):
+        from stlake.sql.datasource import read_snapshot_files
+        return read_snapshot_files(spark, files, schema)
+    from stlake.sql.filelist import read_files_by_index
+    return read_files_by_index(spark, files, schema)
 
 
 def existing_tables(lake: str) -> list[str]:
