@@ -14,9 +14,14 @@ SPARK35_VENV ?= .venv-spark35
 SPARK35_VERSION ?= 3.5.5
 SPARK35_STAMP := $(SPARK35_VENV)/.installed-$(SPARK35_VERSION)
 SPARK35_TESTS ?= tests/test_ingest.py tests/test_pairs_panel.py tests/test_s3_pipeline.py tests/test_stream.py
+# The executors' environment (venv-pack archive, see infra/dist/build_env.py): DIST_PYTHON is the interpreter
+# the executors run; DIST_FLAGS=--portable copies it and its stdlib into the archive (nodes without it).
+DIST_ARCHIVE ?= dist/stlake-env.tar.gz
+DIST_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/dev/null)
+DIST_FLAGS ?=
 
-.PHONY: venv venv-spark35 demo demo-s3 test test-slow test-all test-spark35 lint bench terraform-check \
-        notebooks-docs clean
+.PHONY: venv venv-spark35 demo demo-s3 test test-slow test-all test-spark35 test-cluster dist dist-emr lint bench \
+        terraform-check notebooks-docs clean
 
 venv: $(STAMP)
 
@@ -63,6 +68,19 @@ $(SPARK35_STAMP): $(STAMP)
 test-spark35: venv-spark35
 	$(SPARK35_VENV)/bin/python -m pytest -m "not slow" -q $(SPARK35_TESTS)
 
+# A real standalone cluster (master + two worker JVMs): the S3 pipeline, a killed executor, the archive.
+test-cluster: venv dist
+	$(PY) -m pytest -q tests/test_cluster.py tests/test_dist.py
+
+dist: $(DIST_ARCHIVE)
+
+$(DIST_ARCHIVE): $(STAMP) setup.py infra/dist/build_env.py $(shell find lib/stlake -name '*.py')
+	$(PY) infra/dist/build_env.py --out $(DIST_ARCHIVE) --python "$(DIST_PYTHON)" $(DIST_FLAGS)
+
+# The same archive for EMR Serverless (Amazon Linux 2023, its own CPython 3.11, the pins of `make dist`).
+dist-emr: dist
+	docker buildx build --platform linux/amd64 -f infra/terraform/env/Dockerfile --output type=local,dest=dist/emr .
+
 lint: venv
 	$(VENV)/bin/ruff check lib jobs bench tests
 	$(VENV)/bin/mypy
@@ -90,4 +108,4 @@ terraform-check:
 	bash infra/terraform/check.sh
 
 clean:
-	rm -rf $(VENV) $(SPARK35_VENV) $(DEMO_DATA) $(LAKE) .pytest_cache
+	rm -rf $(VENV) $(SPARK35_VENV) $(DEMO_DATA) $(LAKE) .pytest_cache build dist

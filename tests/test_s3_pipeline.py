@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 from deltalake import DeltaTable
 
-from stlake.demo import upload_folder
 from stlake.ingestion.driver import CommitFailed, ingest
 from stlake.ingestion.options import IngestOptions
 from stlake.lake import storage, tables
@@ -22,15 +21,6 @@ DATA_TABLES = ("slides", "spots", "expression", "annotations")
 @pytest.fixture(scope="module")
 def local_dataset(synthetic_dataset) -> dict:
     return synthetic_dataset
-
-
-@pytest.fixture
-def raw_uri(s3_env, local_dataset) -> str:
-    """The synthetic raw slides uploaded once per server (skipped when already there)."""
-    uri = "s3://lake/raw"
-    if not storage.exists(f"{uri}/manifest.csv"):
-        upload_folder(local_dataset["root"], uri)
-    return uri
 
 
 def valid_slides(dataset: dict) -> list[str]:

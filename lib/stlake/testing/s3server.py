@@ -17,7 +17,6 @@ Run one in the foreground (``make demo-s3``)::
 from __future__ import annotations
 
 import argparse
-import atexit
 import glob
 import io
 import json
@@ -26,25 +25,24 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any, NoReturn
 
+from stlake.testing.processes import StopAtExit, port_free, stop_group, with_parent_death_signal
+
 GRPC_OFFSET = 10000  # SeaweedFS opens a gRPC port at every HTTP port + 10000
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 _LOG_NAME = "weed.log"
 _DATA_NAME = "data"
 
-_running: set[S3Server] = set()
-_running_lock = threading.Lock()
+_running = StopAtExit()
 
 
 class S3ServerError(RuntimeError):
@@ -62,15 +60,6 @@ def find_weed() -> str | None:
     return shutil.which("weed")
 
 
-def _port_free(port: int, host: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 55000) -> list[int]:
     """``count`` distinct ports ``p`` such that ``p`` and ``p + 10000`` are free and none collide."""
     taken: set[int] = set()
@@ -80,7 +69,7 @@ def free_ports(count: int, host: str = "127.0.0.1", low: int = 20000, high: int 
         port = rng.randrange(low, high)
         if {port, port + GRPC_OFFSET} & taken:
             continue
-        if _port_free(port, host) and _port_free(port + GRPC_OFFSET, host):
+        if port_free(port, host) and port_free(port + GRPC_OFFSET, host):
             ports.append(port)
             taken.update((port, port + GRPC_OFFSET))
             if len(ports) == count:
@@ -187,11 +176,8 @@ class S3Server:
                     f"-s3.localSocket={os.path.join(self.directory, 's3.sock')}"]
         if self.buckets:
             cmd.append("-bucket=" + ",".join(self.buckets))
-        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-        if setpriv:
-            # Killed with us even if we die without running atexit (SIGKILL, OOM, ...).
-            cmd = [setpriv, "--pdeathsig", "KILL", "--"] + cmd
-        return cmd
+        # Killed with us even if we die without running atexit (SIGKILL, OOM, ...).
+        return with_parent_death_signal(cmd)
 
     def _child_env(self) -> dict[str, str]:
         """The server's environment: ours without AWS_/S3_/WEED_ settings, plus its keys."""
@@ -247,8 +233,7 @@ class S3Server:
         process = self.process = subprocess.Popen(
             self._command(), cwd=self.directory, env=self._child_env(), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        with _running_lock:
-            _running.add(self)
+        _running.add(self)
         self._wait_ready(process, started + self.start_timeout)
         self.last_start_seconds = time.monotonic() - started
 
@@ -296,18 +281,10 @@ class S3Server:
     def stop(self) -> None:
         """SIGTERM the server's process group; SIGKILL it after ``stop_timeout`` seconds."""
         process, self.process = self.process, None
-        with _running_lock:
-            _running.discard(self)
+        _running.discard(self)
         if process is not None:
             started = time.monotonic()
-            if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    _signal_group(process.pid, signal.SIGKILL)
-                    process.wait(timeout=10)
-            _signal_group(process.pid, signal.SIGKILL)  # anything left in the group
+            stop_group(process, self.stop_timeout)
             self.last_stop_seconds = time.monotonic() - started
             self.remove_stale_sockets()
         if self._log_handle is not None:
@@ -383,26 +360,6 @@ class S3Server:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
                 raise
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to a process group; a group that is gone is fine."""
-    try:
-        os.killpg(pid, sig)  # start_new_session=True: the process group id is the child's pid
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Stop every server still running (at interpreter exit)."""
-    with _running_lock:
-        servers = list(_running)
-    for server in servers:
-        try:
-            server.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:
