@@ -28,7 +28,7 @@ def dataset_ref(dataset: dict, slide: str, **paths: str) -> SlideRef:
     """The manifest ref of a synthetic slide (its layout completes the paths), plus ``paths``."""
     from stlake.ingestion.discover import discover
     [ref] = [r for r in discover(dataset["manifest"]) if r.slide_id == slide]
-    return SlideRef(ref.slide_id, ref.layout, ref.technology, {**ref.paths, **paths}, ref.species, ref.tissue)
+    return SlideRef(ref.slide_id, ref.layout, ref.technology, {**ref.paths, **paths}, ref.species, ref.tissue, ref.meta)
 
 
 def truth_sets(truth, in_tissue: bool = False) -> dict[str, list]:
@@ -329,3 +329,13 @@ def test_obs_columns_named_in_the_manifest_are_sets():
     assert [s.name for s in sets] == ["pathology", "cluster"] and sets[0].source_uri == "s.h5ad#obs/pathology"
     assert spots.annotations.tolist() == [["Tumor", "1"], [None, "2"], [None, None]]
     assert sorted(r for r, _ in warnings) == ["annotation_missing", "annotation_unmatched", "annotation_unmatched"]
+
+
+def test_h5ad_obs_columns_named_in_the_manifest_land_on_their_spots(synthetic_dataset):
+    truth = load_truth(synthetic_dataset["root"], "anndata_2")
+    record = read_slide(dataset_ref(synthetic_dataset, "anndata_2"))
+    assert [s.name for s in record.label_sets] == ["pathology", "leiden"]
+    assert record_sets(record) == truth_sets(truth) and list(record.spots.label) == list(truth.labels)
+    assert None in list(truth.labels) and not warnings_of(record, "annotation_unmatched")
+    bare = load_truth(synthetic_dataset["root"], "anndata_1")
+    assert bare.labels is None and read_slide(dataset_ref(synthetic_dataset, "anndata_1")).label_sets == []

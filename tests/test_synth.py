@@ -135,7 +135,7 @@ def test_summary_and_manifest(dataset):
     assert 100 <= summary["n_spots"]["st_1"] <= 200
     manifest = pd.read_csv(os.path.join(out, "manifest.csv"), dtype=str, keep_default_na=False)
     assert list(manifest.columns) == ["slide_id", "layout", "technology", "path", "species", "tissue", "image",
-                                      "coords", "counts", "annotation"]
+                                      "coords", "counts", "annotation", "annotation_columns"]
     assert sorted(manifest.slide_id) == sorted([*VALID, *summary["corrupt"]])
     rows = manifest.set_index("slide_id")
     assert rows.loc["stimage_visium_1", "path"] == "stimage" and rows.loc["stimage_visium_1", "technology"] == "Visium"

@@ -31,7 +31,7 @@ LAYOUTS = tuple(WRITERS)
 #: The layout whose folder holds the broken slides of ``corrupt=True``.
 CORRUPT_LAYOUT = "stimage"
 MANIFEST_COLUMNS = ("slide_id", "layout", "technology", "path", "species", "tissue", "image", "coords", "counts",
-                    "annotation")
+                    "annotation", "annotation_columns")
 
 
 def generate(out_dir: str, size: Union[str, Sizes] = "small", seed: int = 0,
@@ -99,7 +99,7 @@ def write_manifest(out_dir: str, infos: Sequence[SlideInfo], rewritten: Sequence
     """``manifest.csv``: the slides of ``infos`` plus earlier rows of layouts not in ``rewritten`` that still exist."""
     path = os.path.join(out_dir, "manifest.csv")
     rows = {info.slide_id: [info.slide_id, info.layout, info.technology, os.path.relpath(info.path, out_dir),
-                            info.species, info.tissue, "", "", "", ""] for info in infos}
+                            info.species, info.tissue, "", "", "", "", info.annotation_columns] for info in infos}
     if os.path.exists(path):
         earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
         for row in earlier.to_dict("records"):

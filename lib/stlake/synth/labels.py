@@ -6,6 +6,8 @@
   spot centre); some lie on detector spots without counts or have no position at all (unmatched); one row
   is ``NA`` throughout (no label). Labels use the cohort's words (``invasive cancer``...).
 - Visium: Loupe Browser exports ``{category}.csv`` (``Barcode,<category>``), one per annotation set.
+- AnnData: categorical ``obs`` columns (``pathology``, ``leiden``), named in the manifest's
+  ``annotation_columns``.
 
 The truth of a slide's sets goes to ``Truth.extra``: ``label_sets`` (set names in the order a reader
 attaches them) and ``set:{name}`` (the raw label per truth spot, "" for none); ``Truth.labels`` holds
@@ -14,7 +16,7 @@ the first set's normalised labels (what lands in ``spots.label`` by default).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,6 +29,25 @@ LOUPE_WORDS = {"Annotation": ("Tumor", "Stroma", "Immune", "Normal"),
                "Graph-Based": ("Cluster 1", "Cluster 2", "Cluster 3", "Cluster 4")}
 UNDETERMINED = "undetermined"
 ST_SET = "labeled_coordinates"
+
+
+#: ``obs`` label columns of the ``.h5ad`` slide that has them: a pathologist's regions (some spots left out)
+#: and clusters, both categorical as scanpy keeps them.
+OBS_WORDS = {"pathology": ("Tumor", "Stroma", "Immune", "Normal"), "leiden": ("0", "1", "2", "3")}
+OBS_SET = "pathology"
+
+
+def write_obs_labels(adata: Any, domain: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Categorical label columns in ``adata.obs`` (a twentieth of the spots without a pathology label)."""
+    import pandas as pd
+    sets = {}
+    for column, words in OBS_WORDS.items():
+        raw = np.asarray(words, dtype=object)[domain]
+        if column == OBS_SET:
+            raw[rng.choice(len(raw), size=max(1, len(raw) // 20), replace=False)] = None
+        adata.obs[column] = pd.Categorical(raw)
+        sets[column] = raw
+    return sets
 
 
 def normalised(raw: np.ndarray) -> np.ndarray:

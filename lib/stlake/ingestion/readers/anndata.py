@@ -13,6 +13,8 @@ role ``h5ad`` = the file). What is read, without loading the matrix or any image
   file) is the full-resolution image; else ``uns['spatial'][library]['images']['hires']`` (then
   ``lowres``, then any other) is tiled from inside the file with coordinates scaled by its factor
   (warning ``hires_image``);
+* labels: the ``obs`` columns the manifest's ``annotation_columns`` names, and ``annotation`` files
+  (:mod:`stlake.ingestion.readers.labels`);
 * counts (:mod:`stlake.ingestion.matrices.h5ad`): ``layers['counts']`` when present, else ``X``, else
   ``raw.X``, the first of them whose leading values are integers. A matrix that holds non-integer
   values (normalised, log-transformed) is refused as ``normalised_counts``: the lake stores raw counts.
@@ -30,6 +32,7 @@ import pandas as pd
 
 from stlake.ingestion.images.hdf5 import dataset_uri
 from stlake.ingestion.matrices.h5ad import encoding, open_h5
+from stlake.ingestion.readers import labels as anno
 from stlake.ingestion.readers.common import (
     FULLRES_EXTENSIONS,
     ReaderOptions,
@@ -41,11 +44,11 @@ from stlake.ingestion.readers.common import (
 )
 from stlake.ingestion.readers.layout import Layout
 from stlake.ingestion.readers.spaceranger import optional_factor
-from stlake.ingestion.records import ExpressionSource, Remark, SlideError, SlideRecord, SlideRef, Spots
+from stlake.ingestion.records import ExpressionSource, LabelSet, Remark, SlideError, SlideRecord, SlideRef, Spots
 from stlake.lake import storage
 
 SUFFIX = ".h5ad"
-ROLES = ("h5ad", "image")
+ROLES = ("h5ad", "image", anno.ANNOTATION_ROLE)
 #: Count matrices in the order they are tried, each with the frame naming its genes.
 COUNT_MATRICES = (("layers/counts", "var"), ("X", "var"), ("raw/X", "raw/var"))
 #: Stored values of a matrix checked for integrality when choosing it.
@@ -254,6 +257,13 @@ def embedded_image(spatial: Spatial, slide_id: str) -> tuple[str, float, str, li
                                       f"scale factor in uns['spatial'] of {spatial.path}")
 
 
+def with_labels(ref: SlideRef, spatial: Spatial, spots: Spots, remarks: list[Remark], in_tissue_only: bool
+                ) -> tuple[Spots, list[LabelSet]]:
+    """``spots`` with the slide's annotation files and the ``obs`` columns its manifest names as label sets."""
+    obs = spatial.obs[np.asarray(spatial.spots.in_tissue, bool)] if in_tissue_only else spatial.obs
+    return anno.read_files(ref, spots, remarks, obs=obs, obs_path=spatial.path)
+
+
 def scaled(spots: Spots, scale: float) -> Spots:
     """``spots`` with x/y multiplied by ``scale``."""
     return spots if scale == 1.0 else dataclasses.replace(spots, x=spots.x * scale, y=spots.y * scale)
@@ -276,8 +286,9 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     else:
         image, scale, source, remarks = embedded_image(spatial, ref.slide_id)
     physical = spot_diameter_um(ref.technology)
+    spots, label_sets = with_labels(ref, spatial, scaled(spots, scale), remarks, options.in_tissue_only)
     return SlideRecord(
-        ref=ref, image_uri=image, spots=scaled(spots, scale), spot_diameter_px=diameter * scale,
+        ref=ref, image_uri=image, spots=spots, spot_diameter_px=diameter * scale, label_sets=label_sets,
         expression=count_source(path), microns_per_pixel=physical / diameter / scale if physical else None,
         coord_scale=scale, image_source=source, warnings=remarks)
 

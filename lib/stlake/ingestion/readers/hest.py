@@ -29,7 +29,7 @@ from stlake.ingestion.readers.spaceranger import optional_factor
 from stlake.ingestion.records import Remark, SlideError, SlideRecord, SlideRef
 from stlake.lake import storage
 
-ROLES = ("h5ad", "image", "metadata")
+ROLES = ("h5ad", "image", "metadata", "annotation")
 WSI_EXTENSIONS = (".tif", ".tiff", ".btf")
 SAMPLE_FILES = {"h5ad": "aligned_adata.h5ad", "image": "aligned_fullres_HE.tif", "metadata": "metrics.json"}
 #: HEST's ``st_technology`` -> stlake's technology; Xenium is cell-level and refused.
@@ -161,8 +161,10 @@ def read(ref: SlideRef, options: Optional[ReaderOptions] = None) -> SlideRecord:
     else:
         image, scale, source, embedded = anndata.embedded_image(spatial, ref.slide_id)
         remarks += embedded
+    spots, label_sets = anndata.with_labels(ref, spatial, anndata.scaled(spots, scale), remarks,
+                                            options.in_tissue_only)
     return SlideRecord(
-        ref=ref, image_uri=image, spots=anndata.scaled(spots, scale), spot_diameter_px=diameter * scale,
+        ref=ref, image_uri=image, spots=spots, spot_diameter_px=diameter * scale, label_sets=label_sets,
         expression=anndata.count_source(path), microns_per_pixel=mpp / scale if mpp else None, coord_scale=scale,
         image_source=source, warnings=remarks)
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from stlake.synth import labels
 from stlake.synth.formats import ensure_dir
 from stlake.synth.image import Markers, Renderer, render
 from stlake.synth.imagefiles import write_tiff
@@ -96,14 +97,19 @@ def write_slide(job: DatasetJob, folder: str, slide_id: str, variant: int) -> Sl
     else:
         adata = visium_anndata(cap, expr, keep, normalised(counts), slide_id, images, factors)
         adata.layers["counts"] = sp.csc_matrix(counts.astype(np.int32))
+        sets = labels.write_obs_labels(adata, expr.domain[keep], slide_rng(job.seed, slide_id, "labels"))
         image_path = os.path.join(folder, f"{slide_id}.tif")
         write_tiff(image_path, Renderer(cap.scene, cap.width, cap.height, cap.mpp, seed=seed),
                    Markers(cap.px[keep], cap.py[keep], keep.astype(np.int64)), job.sizes.tile)
         scale = 1.0
     adata.write_h5ad(path)
     truth = _truth(slide_id, cap, expr, keep, image_path, scale, hires.shape if scale != 1.0 else None)
+    if variant != 2:
+        truth.labels = labels.normalised(sets[labels.OBS_SET])
+        truth.extra.update(labels.truth_extra(sets))
     save_truth(job.out_dir, truth)
-    return SlideInfo(slide_id, LAYOUT, "Visium", path, SPECIES, TISSUE, len(keep), len(keep), image_path, truth)
+    return SlideInfo(slide_id, LAYOUT, "Visium", path, SPECIES, TISSUE, len(keep), len(keep), image_path, truth,
+                     annotation_columns=",".join(sets) if variant != 2 else "")
 
 
 def _truth(slide_id: str, cap: Capture, expr: Expression, keep: np.ndarray, image_path: str, scale: float,

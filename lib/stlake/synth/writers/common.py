@@ -48,6 +48,7 @@ class SlideInfo:
     n_positions: int  # all spots/bins of the coordinate file
     image_path: str
     truth: Optional[Truth] = field(default=None, repr=False)
+    annotation_columns: str = ""  # obs columns holding labels (the manifest's ``annotation_columns``)
 
 
 def fresh_dir(path: str) -> str:
