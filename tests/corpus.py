@@ -166,8 +166,12 @@ def landed(lake: Path, table: str, slides: Iterable[str] = GOOD_SLIDES) -> pa.Ta
     data = tables.read_table(str(lake), table)
     data = data.filter(pa.compute.is_in(data["slide_id"], pa.array(list(slides))))
     data = data.drop([c for c in RUN_COLUMNS if c in data.column_names])
-    keys = [(c, "ascending") for c in ("slide_id", "spot_id") if c in data.column_names]
-    return data.sort_by(keys)
+    return data.sort_by([(c, "ascending") for c in row_key(data)])
+
+
+def row_key(data: pa.Table) -> list[str]:
+    """The columns that identify one row of a unit table: a spot, and its annotation set where there is one."""
+    return [c for c in ("slide_id", "spot_id", "set") if c in data.column_names]
 
 
 def assert_good_slides_identical(run: CorpusRun, baseline: Path) -> None:

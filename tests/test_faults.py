@@ -328,9 +328,10 @@ def test_killed_worker_rows_identical_to_clean_run(killed_run, corpus_baseline, 
     assert killed_run["report"] is not None, killed_run["stderr"][-4000:]
     landed, clean = corpus.landed(killed_run["lake"], table), corpus.landed(corpus_baseline, table)
     if "spot_id" in landed.column_names:
-        keys = list(zip(landed["slide_id"].to_pylist(), landed["spot_id"].to_pylist()))
-        assert len(keys) == len(set(keys)), "duplicate (slide_id, spot_id) rows"
-        assert keys == list(zip(clean["slide_id"].to_pylist(), clean["spot_id"].to_pylist()))
+        columns = corpus.row_key(landed)
+        keys = list(zip(*(landed[c].to_pylist() for c in columns)))
+        assert len(keys) == len(set(keys)), f"duplicate {columns} rows"
+        assert keys == list(zip(*(clean[c].to_pylist() for c in columns)))
     assert landed.num_rows == clean.num_rows
     assert landed.equals(clean)
 
