@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="small: tiny slides for tests; full: real-sized images")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     synth.add_argument("--layouts", nargs="+", choices=layout_names(), default=list(layout_names()),
-                       help="layouts to write")
+                       metavar="LAYOUT", help=f"layouts to write, of: {', '.join(layout_names())}")
     synth.add_argument("--corrupt", action="store_true", help="also write broken slides (rejected by ingest)")
     synth.add_argument("--hd-bins", type=int, default=0, metavar="N",
                        help="VisiumHD: 8 µm bins per side (the 2 µm level has 4N x 4N bins); 0: the size's")
