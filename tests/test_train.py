@@ -433,6 +433,8 @@ def test_train_command_and_job_script_help():
     assert exit_info.value.code == 0
     parsed = vars(cli.build_parser().parse_args(["train", "--lake", "x", "--steps", "3"]))
     assert parsed.pop("command") == "train" and parsed.pop("run") is job.cmd_train
+    for common in ("verbose", "debug", "progress"):  # cli.COMMON_FLAGS: every stlake command has them
+        parsed.pop(common)
     assert parsed == vars(job.parse_args(["--lake", "x", "--steps", "3"]))
     # the installed package, as under torchrun: no PYTHONPATH, run from another folder; --help imports no torch
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
