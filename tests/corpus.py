@@ -85,8 +85,7 @@ def copy_slide(dataset: dict, slide: str, folder: Path) -> Path:
 
 
 def stimage_files(dataset: dict, slide: str, folder: Path) -> Row:
-    """Copies of an STimage slide's image, coords and counts in ``folder``; their role paths, with the
-    slide's species and tissue (genes are paired across slides of one species)."""
+    """Copies of an STimage slide's image, coords and counts in ``folder``; their role paths."""
     root = Path(dataset["root"]) / "stimage"
     tech = next(t for t in ("ST", "Visium", "VisiumHD") if (root / t / "coord" / f"{slide}_coord.csv").exists())
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,8 +95,7 @@ def stimage_files(dataset: dict, slide: str, folder: Path) -> Row:
     for role, source in paths.items():
         shutil.copy(source, folder / source.name)
         roles[role] = str(folder / source.name)
-    [good] = good_rows(dataset, [slide])
-    return {"technology": tech, **{k: good[k] for k in ("species", "tissue") if k in good}, **roles}
+    return {"technology": tech, **roles}
 
 
 def entry(slide_id: str, layout: str, **fields: str) -> Row:

@@ -149,7 +149,7 @@ def stimage_case(slide: str, damage: Callable[[Path], None]) -> Callable[[Path, 
     def build(folder: Path, dataset: dict) -> list[corpus.Row]:
         row = corpus.stimage_files(dataset, slide, folder)
         damage(Path(row["image"]))
-        return [corpus.entry(folder.name, "stimage", **row)]
+        return [corpus.entry(folder.name, "stimage", species="human", **row)]  # genes pair within a species
     return build
 
 
