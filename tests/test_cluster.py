@@ -91,9 +91,10 @@ def result_json(stdout: str) -> dict[str, Any]:
 
 
 def ingest_command(master: str, source: str, lake: str, layouts: tuple[str, ...] = ()) -> list[str]:
-    """``stlake ingest --master spark://...`` as a user types it (``--layout`` for each of ``layouts``)."""
+    """``stlake ingest --master spark://...`` as a user types it (``--layout`` for each of ``layouts``);
+    ``--allow-rejects``: the synthetic source holds broken slides on purpose."""
     return [sys.executable, "-m", "stlake.cli", "ingest", "--source", source, "--lake", lake, "--master", master,
-            *[arg for layout in layouts for arg in ("--layout", layout)]]
+            "--allow-rejects", *[arg for layout in layouts for arg in ("--layout", layout)]]
 
 
 def some_slides(dataset: dict) -> list[str]:
