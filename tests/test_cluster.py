@@ -92,9 +92,9 @@ def result_json(stdout: str) -> dict[str, Any]:
 
 def ingest_command(master: str, source: str, lake: str, layouts: tuple[str, ...] = ()) -> list[str]:
     """``stlake ingest --master spark://...`` as a user types it (``--layout`` for each of ``layouts``);
-    ``--allow-rejects``: the synthetic source holds broken slides on purpose."""
+    ``--allow-rejects``: the synthetic source holds broken slides on purpose; ``--json``: the report on stdout."""
     return [sys.executable, "-m", "stlake.cli", "ingest", "--source", source, "--lake", lake, "--master", master,
-            "--allow-rejects", *[arg for layout in layouts for arg in ("--layout", layout)]]
+            "--allow-rejects", "--json", *[arg for layout in layouts for arg in ("--layout", layout)]]
 
 
 def some_slides(dataset: dict) -> list[str]:
