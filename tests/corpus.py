@@ -182,6 +182,12 @@ def assert_good_slides_identical(run: CorpusRun, baseline: Path) -> None:
         assert landed(run.lake, table).equals(landed(baseline, table)), table
 
 
+def case_row(run: CorpusRun, case: Case) -> dict:
+    """The one ``rejects`` row of the case with the case's reason."""
+    [row] = [row for row in run.rejects_of(case.rejected_id) if row["reason"] == case.reason]
+    return row
+
+
 def assert_case(run: CorpusRun, case: Case) -> None:
     """The case ended with its reason, at its severity; an error case did not land."""
     rows = run.rejects_of(case.rejected_id)
