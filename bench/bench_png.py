@@ -7,8 +7,8 @@ thread, and CPU time is far less disturbed than wall time by a busy machine) and
 to the inflate floor (stdlib ``zlib.decompress`` of the concatenated IDAT data: the work no PNG
 decoder can skip). Paths:
 
-- *stlake*: ``images.open_region_reader`` + reading the whole image (libspng through imagecodecs
-  for 8-bit RGB(A), chunk CRCs checked first), BGR out;
+- *stlake*: ``images.open_region_reader`` + reading the whole image (the file mapped, libspng through
+  imagecodecs for 8-bit RGB(A), then the chunk walk), BGR out;
 - *OpenCV* ``cv2.imdecode`` (what stlake used before), *PIL* ``Image.open().convert('RGB')`` (the
   release scripts' reader), *libspng* alone, and *libdeflate* / *zlib-ng* inflate (faster floors).
 

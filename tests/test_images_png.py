@@ -194,3 +194,51 @@ def test_fast_png_decode_equals_opencv(tmp_path, mode, interlace):
     np.testing.assert_array_equal(fast, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     with images.open_region_reader(str(path)) as reader:
         np.testing.assert_array_equal(reader.read_region(0, 97, 0, 131), fast)
+
+
+def idat_offsets(data: bytes) -> list[int]:
+    """Offsets of a PNG's IDAT chunks."""
+    offsets, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            offsets.append(pos)
+        pos += 12 + length
+    return offsets
+
+
+@pytest.mark.parametrize("which", [0, 1, -1])
+def test_idat_crc_damage_is_named(tmp_path, which):
+    """A wrong CRC of any IDAT chunk is refused, naming the chunk: libspng's check or stlake's (the last one's)."""
+    bgr = busy_image(120, 90)
+    data = bytearray(png_with_filters(np.ascontiguousarray(bgr[..., ::-1]).reshape(120, -1), 90, 8, 2, 3))
+    offsets = idat_offsets(bytes(data))
+    assert len(offsets) > 2
+    at = offsets[which]
+    crc_end = at + 12 + struct.unpack(">I", data[at:at + 4])[0]
+    data[crc_end - 1] ^= 0xFF
+    path = tmp_path / "slide.png"
+    path.write_bytes(bytes(data))
+    for budget in (1 << 30, 20_000):  # decoded whole (libspng), and streamed
+        with pytest.raises(SlideError) as err:
+            with images.open_region_reader(str(path), budget) as reader:
+                reader.read_rows(0, 120)
+        assert err.value.reason == "image_corrupt"
+        assert f"IDAT chunk at offset {at} fails its CRC check" in err.value.detail, (budget, err.value.detail)
+
+
+def test_whole_png_is_mapped_and_decoded_once(tmp_path, monkeypatch):
+    """A local PNG within budget is mapped, not read, and libspng decodes it from the mapping."""
+    import mmap
+
+    from stlake.ingestion.images import png
+
+    image = busy_image(120, 90)
+    path = tmp_path / "slide.png"
+    path.write_bytes(cv_png(image))
+    seen = []
+    spng = png._spng_bgr
+    monkeypatch.setattr(png, "_spng_bgr", lambda data, header: seen.append(type(data)) or spng(data, header))
+    with images.open_region_reader(str(path)) as reader:
+        assert np.array_equal(reader.read_rows(0, 120), image)
+    assert seen == [mmap.mmap]

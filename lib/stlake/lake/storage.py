@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import mmap
 import os
 import posixpath
 from collections.abc import Iterator
@@ -131,6 +132,20 @@ def open_output(uri: str) -> BinaryIO:
     if not is_s3(uri):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     return fs.open_output_stream(path, compression=None)
+
+
+def whole_file(uri: str) -> bytes | mmap.mmap:
+    """All of a file's bytes: a local file is mapped read-only (no copy: readers see the page cache), S3 is read.
+
+    The mapping is released when its last user (a ``memoryview``, a ``numpy`` view) is gone. A local file
+    cut by another process while mapped makes the next access to the cut pages fail (``SIGBUS``).
+    """
+    if not is_s3(uri):
+        with open(uri, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size:
+                return mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+    with open_input(uri) as handle:
+        return handle.read()
 
 
 def read_bytes(uri: str, start: int = 0, length: int | None = None) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import mmap
 import os
 import re
 
@@ -29,6 +30,9 @@ from stlake.ingestion.records import SlideError  # noqa: E402
 
 #: The formats recognised from magic bytes (what ``sniff_format`` returns).
 ImageFormat = Literal["png", "jpeg", "tiff", "hdf5"]
+
+#: A whole file in memory: read, or mapped (``storage.whole_file``).
+FileBytes = Union[bytes, mmap.mmap]
 
 GIB = 1024 ** 3
 _TAIL = 64 * 1024  # how far from the end a PNG IEND / JPEG EOI marker is looked for
@@ -120,11 +124,16 @@ class _SeqReader:
         else:
             self._base, self._buf, self._pos = self.position + n, b"", 0
 
+    def peek(self, ahead: int, n: int) -> bytes:
+        """Up to ``n`` bytes from ``ahead`` bytes past the position, which does not move."""
+        self._fh.seek(self.position + ahead)
+        return self._fh.read(n)
+
 
 class _MemReader(_SeqReader):
     """``_SeqReader``'s reads over bytes already in memory: zero-copy ``memoryview`` slices."""
 
-    def __init__(self, data: bytes, start: int) -> None:
+    def __init__(self, data: FileBytes, start: int) -> None:
         self._view, self._at = memoryview(data), start
 
     @property
@@ -141,6 +150,10 @@ class _MemReader(_SeqReader):
     def skip(self, n: int) -> None:
         """Move ``n`` bytes forward."""
         self._at += n
+
+    def peek(self, ahead: int, n: int) -> bytes:
+        """Up to ``n`` bytes from ``ahead`` bytes past the position (a view), which does not move."""
+        return self._view[self._at + ahead:self._at + ahead + n]  # type: ignore[return-value]  # as in read
 
 
 @contextlib.contextmanager
@@ -172,7 +185,7 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _imdecode(data: Union[bytes, memoryview, np.ndarray], flags: int) -> Optional[np.ndarray]:
+def _imdecode(data: Union[FileBytes, memoryview, np.ndarray], flags: int) -> Optional[np.ndarray]:
     """``cv2.imdecode`` of ``data``; ``None`` when OpenCV cannot decode it."""
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), flags)

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from stlake.ingestion.images.base import (
+    FileBytes,
     ImageInfo,
     _check_tail,
     _file_size,
@@ -219,7 +220,7 @@ class _Walk:
     scans: int = 0
 
 
-def decode_jpeg(data: Union[bytes, memoryview], flags: int) -> np.ndarray:
+def decode_jpeg(data: Union[FileBytes, memoryview], flags: int) -> np.ndarray:
     """A whole JPEG held in memory, checked (see the module docstring) and decoded with ``flags``.
 
     ``image_corrupt`` when its structure is damaged or a scan's data stops short of its end.

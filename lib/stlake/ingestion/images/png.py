@@ -7,8 +7,9 @@ PNGs over budget cannot be streamed.
 
 Damage is ``image_corrupt``, checked on the whole stream whichever way it is read: the probe refuses
 a header claiming more scanline bytes than the file could inflate to (deflate packs at most 1032:1),
-``decode_png`` checks every chunk's CRC, one run of IDAT chunks and IEND before decoding (libpng then
-refuses image data shorter than the header), and the streaming reader checks CRCs as it goes and, in
+``decode_png`` checks every chunk's CRC (libspng checks those of the IDAT chunks it reads past), one
+run of IDAT chunks and IEND (libspng and libpng refuse image data shorter than the header, and a wrong
+zlib checksum), and the streaming reader checks CRCs as it goes and, in
 ``finish``, inflates what the reads did not reach: every row down to the header's height, the end of
 the zlib stream, and the chunks up to IEND. Data past the header's last row is ignored, as libpng does.
 """
@@ -25,6 +26,7 @@ import imagecodecs
 import numpy as np
 
 from stlake.ingestion.images.base import (
+    FileBytes,
     ImageInfo,
     RegionReader,
     _check_tail,
@@ -148,8 +150,14 @@ def _chunk_body(reader: _SeqReader, offset: int, kind: bytes, length: int, keep:
     return b"".join(parts)
 
 
-def _check_chunks_to_iend(reader: _SeqReader, idat_seen: bool) -> None:
-    """Chunks from the reader's position to IEND: CRCs, a single run of IDAT chunks, IEND present."""
+def _check_chunks_to_iend(reader: _SeqReader, idat_seen: bool, decoded: bool = False) -> None:
+    """Chunks from the reader's position to IEND: CRCs, a single run of IDAT chunks, IEND present.
+
+    ``decoded``: libspng has decoded the image, checking the CRC of every IDAT chunk it read past (to
+    the next IDAT chunk) and the image data's zlib checksum. The CRCs of IDAT chunks followed by another
+    one are then not computed again (so IDAT chunks after the end of the zlib stream, which no decoder
+    reads, go unchecked but for the last); that of the run's last, which libspng does not check, is.
+    """
     in_idat = False
     while True:
         offset = reader.position
@@ -161,6 +169,9 @@ def _check_chunks_to_iend(reader: _SeqReader, idat_seen: bool) -> None:
             raise corrupt(f"PNG has a second run of IDAT chunks at offset {offset} (its image data is split)")
         in_idat = kind == b"IDAT"
         idat_seen = idat_seen or in_idat
+        if decoded and in_idat and length <= 0x7FFFFFFF and reader.peek(length + 8, 4) == b"IDAT":
+            reader.skip(length + 4)
+            continue
         _chunk_body(reader, offset, kind, length)
         if kind == b"IEND":
             if not idat_seen:
@@ -172,7 +183,7 @@ def _check_chunks_to_iend(reader: _SeqReader, idat_seen: bool) -> None:
 _SPNG_COLOR_TYPES = (2, 6)
 
 
-def _spng_bgr(data: bytes, header: _PngHeader) -> Optional[np.ndarray]:
+def _spng_bgr(data: FileBytes, header: _PngHeader) -> Optional[np.ndarray]:
     """An 8-bit RGB(A) PNG decoded by libspng (imagecodecs) as BGR, as ``cv2.imdecode(IMREAD_COLOR)`` gives it.
 
     libspng inflates and unfilters faster than OpenCV's libpng (``bench/bench_png.py``). RGB comes back
@@ -193,13 +204,15 @@ def _spng_bgr(data: bytes, header: _PngHeader) -> Optional[np.ndarray]:
     return rgb[:, :, ::-1]
 
 
-def decode_png(data: bytes, header: _PngHeader, flags: int) -> np.ndarray:
+def decode_png(data: FileBytes, header: _PngHeader, flags: int) -> np.ndarray:
     """A whole PNG held in memory, its chunks checked, decoded with ``flags``; ``image_corrupt`` when damaged.
 
-    Color decodes of 8-bit RGB(A) go through libspng (:func:`_spng_bgr`), the rest through OpenCV.
+    Color decodes of 8-bit RGB(A) go through libspng (:func:`_spng_bgr`), then the chunks are checked
+    without the IDAT CRCs libspng checked. The rest, and what libspng refuses, get every chunk checked
+    first (a damaged one is named), then OpenCV's decode.
     """
-    _check_chunks_to_iend(_MemReader(data, 8), idat_seen=False)
     fast = _spng_bgr(data, header) if flags & ~cv2.IMREAD_IGNORE_ORIENTATION == cv2.IMREAD_COLOR else None
+    _check_chunks_to_iend(_MemReader(data, 8), idat_seen=False, decoded=fast is not None)
     image = fast if fast is not None else _imdecode(data, flags)
     if image is None:
         raise corrupt(f"PNG image data is damaged or shorter than its header's {header.width}x{header.height} "

@@ -29,7 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 class _CachedReader(RegionReader):
-    """A PNG or JPEG within budget: decoded once on first use (libspng or OpenCV), then sliced."""
+    """A PNG or JPEG within budget: decoded once on first use (libspng or OpenCV), then sliced.
+
+    The file is mapped, not read, when local (``storage.whole_file``): the decoder reads the page cache.
+    """
 
     def __init__(self, uri: str, info: ImageInfo, budget_bytes: int, png: Optional[_PngHeader] = None) -> None:
         super().__init__(info, budget_bytes)
@@ -39,8 +42,7 @@ class _CachedReader(RegionReader):
     def _decode(self) -> np.ndarray:
         """The whole image, read-only; ``image_corrupt`` when its stream is damaged or its size is not the header's."""
         flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        with storage.open_input(self._uri) as fh:
-            data = fh.read()
+        data = storage.whole_file(self._uri)
         try:
             image = decode_png(data, self._png, flags) if self._png is not None else decode_jpeg(data, flags)
         except SlideError as error:
