@@ -29,6 +29,7 @@ venv: $(STAMP)
 # 2. the package with its pins (setup.py); torch is already satisfied, so it is left alone.
 # 3. petastorm 0.13.1 without its declared `setuptools<70` (it never imports setuptools; that pin
 #    would make pip swap torch for an older CUDA build). Its real dependencies come from [stream].
+# 4. the driver JVM's class archive (stlake/jvmstart.py): every later Spark session starts faster.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
@@ -36,6 +37,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --no-deps "petastorm==0.13.1"
 	$(PY) -c "import stlake, pyspark, deltalake, petastorm.pytorch, torch, cv2; \
 	  assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+	$(PY) -m stlake.jvmstart || echo "(the driver JVM starts without a class archive)"
 	touch $(STAMP)
 
 demo: venv

@@ -1,26 +1,27 @@
 """The corpus as it is: STimage-1K4M-layout slides through the CLI, the release's scripts, and serially.
 
-The slides hold a PNG, a dense count CSV and a coordinate CSV each. They run through the CLI, through
-the release's own preprocessing (re-implemented faithfully), and serially in one process.
+The slides hold a PNG, a dense count CSV and a coordinate CSV each, at the sizes of the release's Visium
+slides. A release root of ``--slides`` Visium slides is generated once (cached under ``--data``): one
+large slide (``--large-side`` px wide PNG, 85 % as high: 1.47 GB decoded at the default 24,000 px,
+4,000 spots) and smaller ones (``--side`` px, 2,000-4,000 spots), ``--genes`` genes each. Then,
+interleaved over ``--rounds`` rounds in this one run, each path in its own child process:
 
-A release root of ``--slides`` Visium slides is generated once (cached under ``--data``): one large
-slide (``--large-side`` px PNG, 3,000 spots) and smaller ones (``--side`` px, 1,500-2,500 spots,
-``--genes`` genes). Then, interleaved over ``--rounds`` rounds in this one run:
-
-- *release*: the STimage-1K4M scripts' method in one process: per slide ``PIL.Image.open`` +
+- *release*: the STimage-1K4M scripts' method, one process: per slide ``PIL.Image.open`` +
   ``convert('RGB')``, the coordinate CSV read with pandas, one PNG file per spot cropped at
   ``(x - r, y - r, x + r, y + r)``, the counts read with ``pd.read_csv(index_col=0)`` and written as
   sparse rows (``scipy.sparse.save_npz``);
-- *stlake CLI*: ``stlake ingest --source ROOT --lake LAKE`` as a child process, Spark ``local[2]``
-  (JVM start-up included, as a user runs it); its report's own ``seconds`` is the ingest without it;
-- *serial*: the same stage-1 plans and stage-2 units run one after another in this process, no Spark.
+- *stlake CLI*: ``stlake ingest --source ROOT --lake LAKE`` as a user runs it, Spark ``local[2]`` (JVM
+  start-up included); its report's ``seconds`` is the ingest without the session's start;
+- *serial*: the CLI's stage-1 plans and stage-2 units one after another in one process, no Spark;
+- *one slide*: the CLI and serial runs on the smallest slide alone, which gives the fixed cost of a job
+  (CLI minus serial) and the marginal cost of a slide (the full batch minus one slide).
 
 Reported per path: pairs/s per core (pairs / wall / cores: 1 for release and serial, 2 for the CLI),
-CPU seconds per pair (this process's CPU for release and serial, the CLI's whole process tree from
-polled with psutil), and the Spark efficiency per core: serial wall / (ingest wall x 2). On a busy
-machine wall times swing with the load; CPU seconds per pair much less.
+CPU-ms per pair and the peak RSS of the whole process tree (driver, JVM, PySpark daemon and workers,
+polled with psutil). Spark efficiency per core: serial wall / (ingest wall x 2), and by CPU: serial CPU /
+CLI CPU, of the whole batch and of its marginal slides (the one-slide job subtracted from both).
 
-    PYTHONPATH=lib .venv/bin/python bench/bench_corpus.py    # a few minutes on 2 cores (+ generation once)
+    PYTHONPATH=lib .venv/bin/python bench/bench_corpus.py    # ~25 min on 2 cores (+ ~12 min generation once)
 
 Results: ``results/corpus.json``.
 """
@@ -31,17 +32,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pandas as pd
-import scipy.sparse as sp
-from PIL import Image
-
 HERE = Path(__file__).resolve().parent
-Image.MAX_IMAGE_PIXELS = None
+sys.path.insert(0, str(HERE))
+from procstats import run_tree  # noqa: E402
+
 CORES = 2
 
 
@@ -54,11 +51,12 @@ def corpus(data: Path, slides: int, side: int, large_side: int, genes: int) -> P
     if done.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    specs = [StimageSpec("large_1", "Visium", 3000, large_side, genes, annotate=False)]
-    specs += [StimageSpec(f"visium_{i}", "Visium", 1500 + 1000 * i // max(1, slides - 2), side, genes, annotate=False,
+    specs = [StimageSpec("large_1", "Visium", 4000, large_side, genes, annotate=False)]
+    specs += [StimageSpec(f"visium_{i}", "Visium", 2000 + 2000 * i // max(1, slides - 2), side, genes, annotate=False,
                           tissue=("breast", "colon", "lung", "brain")[i % 4]) for i in range(slides - 1)]
     for spec in specs:
         generate_stimage_slide(str(root), spec, 0, truth_root=str(data / "truth"))
+        print(f"generated {spec.slide_id}", flush=True)
     done.write_text("ok")
     return root
 
@@ -73,8 +71,31 @@ def slide_files(root: Path) -> list[tuple[str, Path, Path, Path]]:
     return out
 
 
-def release(root: Path, out: Path) -> int:
-    """The release scripts' preprocessing of every slide; returns the pairs written."""
+def one_slide_root(root: Path, data: Path) -> Path:
+    """A release root holding only the batch's smallest slide (links to its files)."""
+    smallest = min(slide_files(root), key=lambda files: files[1].stat().st_size)
+    one = data / "one_slide"
+    shutil.rmtree(one, ignore_errors=True)
+    for path in smallest[1:]:
+        link = one / path.relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    meta = (root / "meta" / "meta_all_gene.csv").read_text().splitlines()
+    (one / "meta").mkdir()
+    (one / "meta" / "meta_all_gene.csv").write_text("\n".join([meta[0], *(line for line in meta[1:]
+                                                                         if smallest[0] in line)]) + "\n")
+    return one
+
+
+# ---------------------------------------------------------------- the paths (each runs in a child process)
+
+def release(root: Path, out: Path) -> dict:
+    """The release scripts' preprocessing of every slide."""
+    import pandas as pd
+    import scipy.sparse as sp
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
     shutil.rmtree(out, ignore_errors=True)
     pairs = 0
     for slide, image_path, coord_path, count_path in slide_files(root):
@@ -89,49 +110,7 @@ def release(root: Path, out: Path) -> int:
         (out / f"{slide}_spots.txt").write_text("\n".join(map(str, counts.index)))
         pairs += len(coords)
         del image
-    return pairs
-
-
-def tree_cpu(proc: subprocess.Popen, interval: float = 0.2) -> float:
-    """CPU seconds of ``proc`` and all its descendants, polled until it exits.
-
-    Spark's Python daemon and workers are not always reaped by their parents when the JVM stops,
-    so ``RUSAGE_CHILDREN`` misses them: each process's last seen CPU time is summed instead
-    (at most ``interval`` seconds per process go unseen).
-    """
-    import psutil
-
-    root, seen = psutil.Process(proc.pid), {}
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            procs = []
-        for child in procs:
-            try:
-                times = child.cpu_times()
-                seen[child.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-        time.sleep(interval)
-    return sum(seen.values())
-
-
-def stlake_cli(root: Path, lake: Path) -> dict:
-    """``stlake ingest`` in a child process: wall, CPU of the child's process tree, the report."""
-    shutil.rmtree(lake, ignore_errors=True)
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "stlake.cli", "ingest", "--source", str(root), "--lake", str(lake),
-                             "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cpu = tree_cpu(proc)
-    text, errors = proc.communicate()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"stlake ingest failed (rc {proc.returncode}):\n{errors[-3000:]}")
-    report = json.loads(text[text.index("{"):text.rindex("}") + 1])
-    return {"wall_s": wall, "cpu_s": cpu, "ingest_s": report["seconds"], "pairs": report["rows"]["spots"],
-            "landed": len(report["landed"]), "rejected": report["rejected"], "tasks": report["tasks"]}
+    return {"pairs": pairs}
 
 
 def serial(root: Path, lake: Path) -> dict:
@@ -143,57 +122,107 @@ def serial(root: Path, lake: Path) -> dict:
 
     shutil.rmtree(lake, ignore_errors=True)
     options = IngestOptions(source=str(root), lake=str(lake))
-    started, cpu = time.perf_counter(), time.process_time()
     plans = [plan_slide(ref, options) for ref in find_slides(str(root)).refs]
     fill_cores(plans, CORES)
     results = [run_unit(unit, str(lake), "serial") for plan in plans for unit in plan.units]
-    assert not [r.error for r in results if r.error], [r.error for r in results if r.error]
-    return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
-            "pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"units failed: {errors}")
+    return {"pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
+
+
+def run_part(part: str, root: Path, out: Path) -> dict:
+    """``release`` or ``serial`` in a child process: its result plus wall, CPU and peak RSS of the tree."""
+    measured = run_tree([sys.executable, __file__, "--part", part, str(root), str(out)])
+    return {**json.loads(measured.pop("stdout").strip().splitlines()[-1]), **measured}
+
+
+def stlake_cli(root: Path, lake: Path) -> dict:
+    """``stlake ingest`` in a child process: wall, CPU and peak RSS of its process tree, and its report."""
+    shutil.rmtree(lake, ignore_errors=True)
+    measured = run_tree([sys.executable, "-m", "stlake.cli", "ingest", "--source", str(root), "--lake", str(lake),
+                         "--json"])
+    text = measured.pop("stdout")
+    report = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    return {**measured, "ingest_s": report["seconds"], "pairs": report["rows"]["spots"],
+            "landed": len(report["landed"]), "rejected": report["rejected"], "tasks": report["tasks"]}
+
+
+# ---------------------------------------------------------------- one round
+
+def per_core(path: dict, cores: int, wall: str = "wall_s") -> float:
+    """Pairs per second per core of a path."""
+    return path["pairs"] / path[wall] / cores
+
+
+def ratios(rel: dict, cli: dict, ser: dict, one_cli: dict, one_ser: dict) -> dict:
+    """The round's ratios (see the module docstring)."""
+    marginal_cli = cli["cpu_s"] - one_cli["cpu_s"]
+    marginal_ser = ser["cpu_s"] - one_ser["cpu_s"]
+    return {
+        "ratio_pairs_per_core": per_core(cli, CORES) / per_core(rel, 1),
+        "ratio_pairs_per_core_warm": per_core(cli, CORES, "ingest_s") / per_core(rel, 1),
+        "ratio_cpu_per_pair": (rel["cpu_s"] / rel["pairs"]) / (cli["cpu_s"] / cli["pairs"]),
+        "spark_efficiency": ser["wall_s"] / (cli["ingest_s"] * CORES),
+        "spark_efficiency_cpu": ser["cpu_s"] / cli["cpu_s"],
+        "spark_efficiency_cpu_marginal": marginal_ser / marginal_cli,
+        "fixed_cpu_s": one_cli["cpu_s"] - one_ser["cpu_s"],
+    }
+
+
+def round_line(number: int, row: dict) -> str:
+    """One printed line per round."""
+    rel, cli, ser = row["release"], row["stlake_cli"], row["serial"]
+    return (f"round {number}: release {per_core(rel, 1):.0f} pairs/s/core ({1000 * rel['cpu_s'] / rel['pairs']:.2f} "
+            f"CPU-ms/pair) | CLI {per_core(cli, CORES):.0f} pairs/s/core, ingest alone "
+            f"{per_core(cli, CORES, 'ingest_s'):.0f} ({1000 * cli['cpu_s'] / cli['pairs']:.2f} CPU-ms/pair) | serial "
+            f"{per_core(ser, 1):.0f} pairs/s ({1000 * ser['cpu_s'] / ser['pairs']:.2f} CPU-ms/pair) | CLI/release "
+            f"{row['ratio_pairs_per_core']:.2f}x (warm {row['ratio_pairs_per_core_warm']:.2f}x), Spark efficiency "
+            f"{row['spark_efficiency']:.2f} (CPU {row['spark_efficiency_cpu']:.2f}, marginal "
+            f"{row['spark_efficiency_cpu_marginal']:.2f}), fixed {row['fixed_cpu_s']:.1f} CPU-s per job")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/stlake_bench/corpus")
     parser.add_argument("--slides", type=int, default=8)
-    parser.add_argument("--side", type=int, default=3000)
-    parser.add_argument("--large-side", type=int, default=8000)
-    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--side", type=int, default=10000)
+    parser.add_argument("--large-side", type=int, default=24000)
+    parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--generate-only", action="store_true", help="write the release root and stop")
+    parser.add_argument("--part", nargs=3, metavar=("PART", "ROOT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.part:
+        part, root_arg, out_arg = args.part
+        work = {"release": release, "serial": serial}[part]
+        print(json.dumps(work(Path(root_arg), Path(out_arg))))
+        return 0
     data = Path(args.data)
     root = corpus(data, args.slides, args.side, args.large_side, args.genes)
+    if args.generate_only:
+        return 0
+    one = one_slide_root(root, data)
     rounds = []
-    for number in range(args.rounds):
-        cpu = time.process_time()
-        started = time.perf_counter()
-        pairs = release(root, data / "release_out")
-        rel = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "pairs": pairs}
-        cli = stlake_cli(root, data / "lake")
-        ser = serial(root, data / "serial_lake")
-        row = {"release": rel, "stlake_cli": cli, "serial": ser}
-        row["ratio_pairs_per_core"] = (cli["pairs"] / cli["wall_s"] / CORES) / (rel["pairs"] / rel["wall_s"])
-        row["ratio_pairs_per_core_warm"] = (cli["pairs"] / cli["ingest_s"] / CORES) / (rel["pairs"] / rel["wall_s"])
-        row["spark_efficiency"] = ser["wall_s"] / (cli["ingest_s"] * CORES)
-        row["cpu_ratio"] = (rel["cpu_s"] / rel["pairs"]) / (cli["cpu_s"] / cli["pairs"])
+    for number in range(1, args.rounds + 1):
+        row = {"release": run_part("release", root, data / "release_out"),
+               "stlake_cli": stlake_cli(root, data / "lake"),
+               "serial": run_part("serial", root, data / "serial_lake"),
+               "one_slide_cli": stlake_cli(one, data / "lake_one"),
+               "one_slide_serial": run_part("serial", one, data / "serial_lake_one")}
+        row.update(ratios(row["release"], row["stlake_cli"], row["serial"], row["one_slide_cli"],
+                          row["one_slide_serial"]))
         rounds.append(row)
         write(root, args, rounds)
-        print(f"round {number + 1}: release {rel['pairs'] / rel['wall_s']:.0f} pairs/s/core "
-              f"({1000 * rel['cpu_s'] / rel['pairs']:.2f} CPU-ms/pair) | stlake CLI "
-              f"{cli['pairs'] / cli['wall_s'] / CORES:.0f} pairs/s/core, ingest alone "
-              f"{cli['pairs'] / cli['ingest_s'] / CORES:.0f} ({1000 * cli['cpu_s'] / cli['pairs']:.2f} CPU-ms/pair, "
-              f"tree) | serial {ser['pairs'] / ser['wall_s']:.0f} pairs/s ({1000 * ser['cpu_s'] / ser['pairs']:.2f} "
-              f"CPU-ms/pair) | CLI/release per core {row['ratio_pairs_per_core']:.2f}x (warm "
-              f"{row['ratio_pairs_per_core_warm']:.2f}x), Spark efficiency {row['spark_efficiency']:.2f}, "
-              f"CPU per pair release/stlake {row['cpu_ratio']:.2f}x", flush=True)
+        print(round_line(number, row), flush=True)
     print("medians:", json.dumps({k: round(v, 2) for k, v in write(root, args, rounds).items()}))
     return 0
 
 
 def write(root: Path, args: argparse.Namespace, rounds: list[dict]) -> dict:
     """``results/corpus.json`` with the rounds so far and their medians; returns the medians."""
-    summary = {key: statistics.median(r[key] for r in rounds) for key in
-               ("ratio_pairs_per_core", "ratio_pairs_per_core_warm", "spark_efficiency", "cpu_ratio")}
+    keys = [key for key, value in rounds[0].items() if isinstance(value, float)]
+    summary = {key: statistics.median(r[key] for r in rounds) for key in keys}
     out = HERE / "results" / "corpus.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "slides": len(slide_files(root)), "rounds": rounds,

@@ -194,3 +194,49 @@ class TreeSampler(threading.Thread):
             return {"max_tree_rss": self.window_total,
                     "peak_by_kind": {kind: max(v) for kind, v in peaks.items()},
                     "processes_by_kind": {kind: len(v) for kind, v in peaks.items()}}
+
+
+def run_tree(command: list[str], interval: float = 0.2) -> dict[str, Any]:
+    """Run ``command`` to its end, polling its whole process tree: wall, CPU and peak RSS of the tree.
+
+    ``cpu_s`` sums each process's last seen CPU seconds (processes a parent never reaps, such as
+    Spark's Python workers, count too; at most ``interval`` seconds per process go unseen);
+    ``peak_tree_rss`` is the largest sum of RSS over the tree at one poll; ``cpu_by_kind`` splits the
+    CPU into ``jvm`` and ``python`` processes. A non-zero exit raises ``RuntimeError``.
+    """
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root, cpu, kinds, peak = psutil.Process(proc.pid), {}, {}, 0
+    streams: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda name=name, pipe=pipe: streams.__setitem__(name, pipe.read()))
+               for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for child in procs:
+            try:
+                times, rss = child.cpu_times(), child.memory_info().rss
+                cpu[child.pid] = times.user + times.system
+                kinds[child.pid] = "jvm" if "java" in child.name() else "python"
+                total += rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    for reader in readers:
+        reader.join()
+    errors = streams.get("stderr", "")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} failed (rc {proc.returncode}):\n{errors[-3000:]}")
+    by_kind: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        by_kind[kinds[pid]] = by_kind.get(kinds[pid], 0.0) + seconds
+    return {"wall_s": time.perf_counter() - started, "cpu_s": sum(cpu.values()), "peak_tree_rss": peak,
+            "cpu_by_kind": by_kind, "stdout": streams.get("stdout", "")}

@@ -1,6 +1,8 @@
 """Stage-2 expression units: what a unit writes and reports about its slide."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,23 @@ def test_fill_cores_splits_into_column_runs_and_renumbers_once():
     assert [unit.index for unit in tiles] == [0, 1] and [len(unit.spots) for unit in tiles] == [600, 600]
     assert tiles[0].spots.x.max() < tiles[1].spots.x.min()
     assert isinstance(slide.units[-1], plan.ExprUnit) and slide.units[-1].index == 0
+
+
+def test_units_start_longest_first_a_whole_png_before_tiff_bands_and_small_chunks():
+    """A big PNG is decoded whole by one unit: it goes first, whatever the slides' order."""
+    tiff, _ = one_band_plan(1200, 400)  # three TIFF bands of 400 spots, 20 px tiles
+    spots = make_spots(np.array(["p0", "p1"], dtype=object), np.array([50.0, 90.0]), np.full(2, 50.0))
+    ref = SlideRef("big_png", "stimage", "Visium", {})
+    record = SlideRecord(ref, "big.png", spots, 20.0, ExpressionSource("dense_csv", "counts.csv"))
+    png = plan.SlidePlan(ref, record, ImageInfo(20_000, 17_000, 3, "png", False), 20, units=[
+        plan.TileUnit("big_png", "Visium", "big.png", spots, tiling.TileSpec(20), 1 << 30, (), 0),
+        plan.ExprUnit("big_png", "Visium", record.expression, None, matrices.ExprChunk("bytes", 0, 64 << 20),
+                      None, None, 0)])
+    tiff.units[-1] = dataclasses.replace(tiff.units[-1], chunk=matrices.ExprChunk("bytes", 0, 64 << 10))
+    ordered = plan.longest_first([tiff, png])
+    assert [(u.slide_id, type(u).__name__) for u in ordered[:2]] == [("big_png", "TileUnit"), ("big_png", "ExprUnit")]
+    assert isinstance(ordered[-1], plan.ExprUnit) and ordered[-1].slide_id == "slide"
+    assert len(ordered) == len(tiff.units) + len(png.units)
 
 
 def lake_files(lake) -> list[str]:

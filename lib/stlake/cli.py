@@ -41,6 +41,8 @@ from stlake.train.job import register as register_train_command
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from stlake.jvmstart import Workload
+
 __all__ = ["EXIT_COMMIT_FAILED", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_SLIDES", "EXIT_OK", "EXIT_REJECTS",
            "EXIT_RUN_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
@@ -95,11 +97,11 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
                                         "(default: $SPARK_REMOTE)")
 
 
-def session_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
+def session_from_args(args: argparse.Namespace, app_name: str, workload: Workload = "query") -> SparkSession:
     """The session that ``--master`` / ``--remote`` ask for; a conflict with ``$SPARK_REMOTE`` ends in one line."""
     from stlake.spark import spark_session
     try:
-        return spark_session(app_name, master=args.master, remote=args.remote)
+        return spark_session(app_name, master=args.master, remote=args.remote, workload=workload)
     except ValueError as error:  # a master and a remote (e.g. $SPARK_REMOTE) together
         raise UsageError(str(error)) from error
 
@@ -141,7 +143,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise UserError(no_slides_message(found.source), code=EXIT_NO_SLIDES)
     progress = ConsoleProgress(args.progress)
     progress.status(f"starting Spark for {len(found.refs)} slide(s)")
-    report = ingest(session_from_args(args, "stlake-ingest"), options, found=found, progress=progress)
+    report = ingest(session_from_args(args, "stlake-ingest", "ingest"), options, found=found, progress=progress)
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             handle.write(report.to_json() + "\n")

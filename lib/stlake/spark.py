@@ -21,6 +21,7 @@ from typing import Optional, cast
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from stlake.jvmstart import Workload, driver_java_options
 from stlake.lake.storage import LOCAL_CREDENTIALS, STORAGE_SETTINGS
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,22 @@ def choose_remote(master: Optional[str], remote: Optional[str]) -> Optional[str]
     return remote
 
 
+def start_options_conf(configured: Mapping[str, str], workload: Workload) -> dict[str, str]:
+    """``spark.driver.extraJavaOptions`` with :func:`stlake.jvmstart.driver_java_options` for a JVM about to start.
+
+    Empty when this process already has a JVM (spark-submit started it, or a session ran before).
+    """
+    if "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._active_spark_context is not None:
+        return {}
+    extra = driver_java_options(workload)
+    if not extra:
+        return {}
+    return {"spark.driver.extraJavaOptions": f"{configured.get('spark.driver.extraJavaOptions', '')} {extra}".strip()}
+
+
 def spark_session(app_name: str = "stlake", master: Optional[str] = None,
-                  conf: Optional[dict[str, str]] = None, remote: Optional[str] = None) -> SparkSession:
+                  conf: Optional[dict[str, str]] = None, remote: Optional[str] = None,
+                  workload: Workload = "query") -> SparkSession:
     """The active session, or a new one.
 
     ``remote`` or ``$SPARK_REMOTE`` (``sc://host:port``, or ``local[N]`` for a local Connect server):
@@ -151,7 +166,8 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
     (:data:`TASK_ATTEMPTS` attempts): a local master without a failure count gets one
     (:func:`with_task_retries`), others ``spark.task.maxFailures`` unless ``conf`` or spark-submit set
     it (:func:`task_retry_conf`). Spark logs only warnings and errors (:data:`LOG4J_CONFIG`) unless
-    ``$STLAKE_SPARK_LOG_LEVEL`` asks for a level.
+    ``$STLAKE_SPARK_LOG_LEVEL`` asks for a level. A driver JVM started here gets
+    :mod:`stlake.jvmstart`'s options for ``workload`` (a class archive; C1 only for an ingest).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -167,8 +183,10 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
         builder = builder.config("spark.driver.memory", os.environ.get("STLAKE_DRIVER_MEMORY", "4g"))
         builder = builder.config("spark.ui.enabled", os.environ.get("STLAKE_SPARK_UI", "false"))
     retries = task_retry_conf(chosen, [*submitted, *(conf or {})])
-    quiet = quiet_logging_conf({**submitted, **(conf or {})})
-    for key, value in {**LOCAL_DEFAULTS, **retries, **(conf or {}), **quiet}.items():
+    started = {**submitted, **(conf or {})}
+    started.update(start_options_conf(started, workload))
+    quiet = quiet_logging_conf(started)
+    for key, value in {**LOCAL_DEFAULTS, **retries, **started, **quiet}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(spark_log_level() or "WARN")

@@ -23,7 +23,14 @@ from pyspark.sql import SparkSession
 
 from stlake.ingestion.discover import Discovery, find_slides, no_slides_message
 from stlake.ingestion.options import IngestOptions
-from stlake.ingestion.plan import SlidePlan, fill_cores, internal_error_detail, key_genes_by_symbol, plan_slide
+from stlake.ingestion.plan import (
+    SlidePlan,
+    fill_cores,
+    internal_error_detail,
+    key_genes_by_symbol,
+    longest_first,
+    plan_slide,
+)
 from stlake.ingestion.readers.common import preview
 from stlake.ingestion.readers.labels import check_label_map
 from stlake.ingestion.records import EntryRejection, Rejection, Remark, RunError, SlideRef
@@ -114,10 +121,9 @@ def plan_slides(spark: SparkSession, refs: list[SlideRef], options: IngestOption
 
 
 def run_units(spark: SparkSession, plans: list[SlidePlan], lake: str, run_id: str) -> list[UnitResult]:
-    """Stage 2: one task per unit (tile regions and expression chunks of every slide)."""
+    """Stage 2: one task per unit (tile regions and expression chunks of every slide), the longest first."""
     fill_cores(plans, default_parallelism(spark))
-    units = [unit for plan in plans if plan.error is None for unit in plan.units]
-    return run_each(spark, units, partial(run_unit, lake=lake, run_id=run_id))
+    return run_each(spark, longest_first(plans), partial(run_unit, lake=lake, run_id=run_id))
 
 
 # ---------------------------------------------------------------- judging slides

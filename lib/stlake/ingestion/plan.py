@@ -237,6 +237,33 @@ def fill_cores(plans: list[SlidePlan], cores: int) -> None:
         _renumber_tiles(plans[p])
 
 
+#: Rough CPU nanoseconds per unit of work (bench/README.md's figures), only to start long units first.
+NS_PER_DECODED_PIXEL = 20.0  # PNG inflate + unfilter; TIFF tiles are cheaper, which ordering does not need
+NS_PER_TILE_PIXEL = 30.0  # cut, resize and JPEG-encode a tile's pixels
+NS_PER_MATRIX_BYTE = 10.5  # dense-CSV parse; 10x / h5ad chunks are counted by the bytes or rows they cover
+NS_PER_MATRIX_ROW = 2_000.0  # a 10x barcode range: one row of counts
+
+
+def unit_cost(unit: Unit, image: Optional[images.ImageInfo]) -> float:
+    """Estimated CPU nanoseconds of a unit: what it decodes, cuts and encodes, or the matrix it parses."""
+    if isinstance(unit, ExprUnit):
+        span = max(0, unit.chunk.stop - unit.chunk.start)
+        return span * (NS_PER_MATRIX_ROW if unit.chunk.kind == "barcodes" else NS_PER_MATRIX_BYTE)
+    tile_pixels = len(unit.spots) * float(unit.spec.size_px) ** 2
+    decoded = tile_pixels if image is None or image.random_access else float(image.width) * image.height
+    return decoded * NS_PER_DECODED_PIXEL + tile_pixels * NS_PER_TILE_PIXEL
+
+
+def longest_first(plans: list[SlidePlan]) -> list[Unit]:
+    """The planned slides' units, the costliest first (:func:`unit_cost`), so the last tasks are short ones.
+
+    Spark starts a stage's tasks in partition order; a large PNG started last would run alone at the end.
+    """
+    costed = [(unit_cost(unit, plan.image), number, unit) for plan in plans if plan.error is None
+              for number, unit in enumerate(plan.units)]
+    return [unit for _, _, unit in sorted(costed, key=lambda item: -item[0])]
+
+
 def row_filters(record: SlideRecord, plan: matrices.ExprPlan, options: IngestOptions) -> list[matrices.RowFilter]:
     """The chunks' row lookups; spots the matrix has no row for are dropped from ``record`` (like scanpy).
 
