@@ -1,4 +1,5 @@
-"""The driver JVM's start options: a class-data-sharing archive (real HotSpot dumps), C1 for ingests."""
+"""How stlake starts Spark's processes: the driver JVM's options (a class-data-sharing archive built by a real
+HotSpot, C1 for ingests) and the Python worker daemon that imports the task modules before it forks."""
 from __future__ import annotations
 
 import json
@@ -87,3 +88,18 @@ def test_an_ingest_session_starts_its_jvm_with_the_options(cache: Path) -> None:
     assert jvmstart.C1_ONLY in arguments
     assert any(a.startswith("-XX:ArchiveClassesAtExit=") for a in arguments)
     assert any("log4j2.configurationFile" in a for a in arguments)  # stlake's quiet logging kept
+
+
+def test_python_workers_start_with_the_task_modules_imported(spark) -> None:
+    """The workers come from stlake's daemon, which imported the task modules before it forked them."""
+    def modules_seen(batches):  # runs in a Python worker; nested, so it is pickled by value
+        import sys
+
+        import pyarrow as pa
+        for _ in batches:
+            yield pa.RecordBatch.from_pylist([{"cv2": "cv2" in sys.modules,
+                                               "units": "stlake.ingestion.units" in sys.modules}])
+
+    assert spark.conf.get("spark.python.daemon.module") == "stlake.workerdaemon"
+    seen = spark.range(1).mapInArrow(modules_seen, "cv2 boolean, units boolean").collect()
+    assert seen and all(row.cv2 and row.units for row in seen)
