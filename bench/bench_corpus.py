@@ -14,7 +14,8 @@ interleaved over ``--rounds`` rounds in this one run, each path in its own child
   start-up included); its report's ``seconds`` is the ingest without the session's start;
 - *serial*: the CLI's stage-1 plans and stage-2 units one after another in one process, no Spark;
 - *one slide*: the CLI and serial runs on the smallest slide alone, which gives the fixed cost of a job
-  (CLI minus serial) and the marginal cost of a slide (the full batch minus one slide).
+  (CLI minus serial) and the marginal cost of a slide (the full batch minus one slide); and the CLI
+  once more with Spark's own driver JVM options (``STLAKE_JVM_START=off``: no class archive, full JIT).
 
 Reported per path: pairs/s per core (pairs / wall / cores: 1 for release and serial, 2 for the CLI),
 CPU-ms per pair and the peak RSS of the whole process tree (driver, JVM, PySpark daemon and workers,
@@ -137,11 +138,17 @@ def run_part(part: str, root: Path, out: Path) -> dict:
     return {**json.loads(measured.pop("stdout").strip().splitlines()[-1]), **measured}
 
 
-def stlake_cli(root: Path, lake: Path) -> dict:
-    """``stlake ingest`` in a child process: wall, CPU and peak RSS of its process tree, and its report."""
+def stlake_cli(root: Path, lake: Path, jvm_start: bool = True) -> dict:
+    """``stlake ingest`` in a child process: wall, CPU and peak RSS of its process tree, and its report.
+
+    ``jvm_start=False`` starts the driver JVM with Spark's own options (``STLAKE_JVM_START=off``).
+    """
+    from stlake.jvmstart import SWITCH_VARIABLE
+
     shutil.rmtree(lake, ignore_errors=True)
+    env = None if jvm_start else {**os.environ, SWITCH_VARIABLE: "off"}
     measured = run_tree([sys.executable, "-m", "stlake.cli", "ingest", "--source", str(root), "--lake", str(lake),
-                         "--json"])
+                         "--json"], env=env)
     text = measured.pop("stdout")
     report = json.loads(text[text.index("{"):text.rindex("}") + 1])
     return {**measured, "ingest_s": report["seconds"], "pairs": report["rows"]["spots"],
@@ -170,6 +177,13 @@ def ratios(rel: dict, cli: dict, ser: dict, one_cli: dict, one_ser: dict) -> dic
     }
 
 
+def start_ratios(one_cli: dict, one_plain: dict) -> dict:
+    """The one-slide job with stlake's JVM start options against Spark's own: CPU and wall of the whole run."""
+    return {"jvm_start_cpu_ratio": one_plain["cpu_s"] / one_cli["cpu_s"],
+            "jvm_start_jvm_cpu_ratio": one_plain["cpu_by_kind"].get("jvm", 0.0) / one_cli["cpu_by_kind"]["jvm"],
+            "jvm_start_wall_ratio": one_plain["wall_s"] / one_cli["wall_s"]}
+
+
 def round_line(number: int, row: dict) -> str:
     """One printed line per round."""
     rel, cli, ser = row["release"], row["stlake_cli"], row["serial"]
@@ -179,7 +193,9 @@ def round_line(number: int, row: dict) -> str:
             f"{per_core(ser, 1):.0f} pairs/s ({1000 * ser['cpu_s'] / ser['pairs']:.2f} CPU-ms/pair) | CLI/release "
             f"{row['ratio_pairs_per_core']:.2f}x (warm {row['ratio_pairs_per_core_warm']:.2f}x), Spark efficiency "
             f"{row['spark_efficiency']:.2f} (CPU {row['spark_efficiency_cpu']:.2f}, marginal "
-            f"{row['spark_efficiency_cpu_marginal']:.2f}), fixed {row['fixed_cpu_s']:.1f} CPU-s per job")
+            f"{row['spark_efficiency_cpu_marginal']:.2f}), fixed {row['fixed_cpu_s']:.1f} CPU-s per job | one-slide "
+            f"job with Spark's own JVM options: {row['jvm_start_cpu_ratio']:.2f}x the CPU (JVM "
+            f"{row['jvm_start_jvm_cpu_ratio']:.2f}x), {row['jvm_start_wall_ratio']:.2f}x the wall")
 
 
 def main() -> int:
@@ -209,9 +225,11 @@ def main() -> int:
                "stlake_cli": stlake_cli(root, data / "lake"),
                "serial": run_part("serial", root, data / "serial_lake"),
                "one_slide_cli": stlake_cli(one, data / "lake_one"),
-               "one_slide_serial": run_part("serial", one, data / "serial_lake_one")}
+               "one_slide_serial": run_part("serial", one, data / "serial_lake_one"),
+               "one_slide_cli_spark_jvm_options": stlake_cli(one, data / "lake_one", jvm_start=False)}
         row.update(ratios(row["release"], row["stlake_cli"], row["serial"], row["one_slide_cli"],
                           row["one_slide_serial"]))
+        row.update(start_ratios(row["one_slide_cli"], row["one_slide_cli_spark_jvm_options"]))
         rounds.append(row)
         write(root, args, rounds)
         print(round_line(number, row), flush=True)

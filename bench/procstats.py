@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 Pid = Union[int, str]
 
@@ -196,7 +196,7 @@ class TreeSampler(threading.Thread):
                     "processes_by_kind": {kind: len(v) for kind, v in peaks.items()}}
 
 
-def run_tree(command: list[str], interval: float = 0.2) -> dict[str, Any]:
+def run_tree(command: list[str], interval: float = 0.2, env: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Run ``command`` to its end, polling its whole process tree: wall, CPU and peak RSS of the tree.
 
     ``cpu_s`` sums each process's last seen CPU seconds (processes a parent never reaps, such as
@@ -207,7 +207,7 @@ def run_tree(command: list[str], interval: float = 0.2) -> dict[str, Any]:
     import psutil
 
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     root, cpu, kinds, peak = psutil.Process(proc.pid), {}, {}, 0
     streams: dict[str, str] = {}
     readers = [threading.Thread(target=lambda name=name, pipe=pipe: streams.__setitem__(name, pipe.read()))
