@@ -66,8 +66,10 @@ def test_a_truncated_dump_crashes_its_check_and_is_deleted(cache: Path) -> None:
     dump = cache / f"{key}.jsa.dump-cut"
     dump.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
     settled(dump)
+    here = set(Path.cwd().glob("hs_err_pid*.log"))
     assert "SharedArchiveFile" not in jvmstart.driver_java_options("query")
     assert not dump.exists() and not (cache / f"{key}.jsa").exists()
+    assert set(Path.cwd().glob("hs_err_pid*.log")) == here  # the crash report is not left in the working directory
 
 
 def test_switched_off(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

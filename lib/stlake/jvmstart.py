@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -59,11 +60,16 @@ def java_binary() -> Optional[Path]:
 
 
 def runs(java: Path, *options: str) -> bool:
-    """True when ``java`` starts with ``options`` (``-version``; a truncated archive crashes HotSpot)."""
-    try:
-        done = subprocess.run([str(java), *options, "-version"], capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    """True when ``java`` starts with ``options`` (``-version``; a truncated archive crashes HotSpot).
+
+    A crash report goes to a temporary folder that is then deleted, not to the current directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="stlake-jvm-check-") as scratch:
+        try:
+            done = subprocess.run([str(java), f"-XX:ErrorFile={scratch}/hs_err_%p.log", *options, "-version"],
+                                  capture_output=True, timeout=60, cwd=scratch)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
     return done.returncode == 0
 
 
