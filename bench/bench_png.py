@@ -12,6 +12,10 @@ decoder can skip). Paths:
 - *OpenCV* ``cv2.imdecode`` (what stlake used before), *PIL* ``Image.open().convert('RGB')`` (the
   release scripts' reader), *libspng* alone, and *libdeflate* / *zlib-ng* inflate (faster floors).
 
+Then the slide's tile unit (its ~3,000 spots cut and encoded, ``spots`` rows written to a scratch
+lake) is run with ``--tile-threads`` 1 and 2, decoded whole and streamed (a 128 MiB budget),
+interleaved over the rounds: wall and CPU seconds of each, and the per-round wall ratio 2 / 1 thread.
+
     PYTHONPATH=lib .venv/bin/python bench/bench_png.py [--side 8000] [--rounds 3]
 
 Results: ``results/png.json``.
@@ -84,6 +88,33 @@ def paths(path: Path) -> dict[str, Callable[[], object]]:
     }
 
 
+def tile_runs(path: Path, scratch: Path) -> dict[str, Callable[[], object]]:
+    """The slide's tile unit with 1 and 2 threads, decoded whole and streamed, each a function of nothing."""
+    import dataclasses
+    import shutil
+
+    from stlake.ingestion.discover import find_slides
+    from stlake.ingestion.options import IngestOptions
+    from stlake.ingestion.plan import TileUnit, plan_slide
+    from stlake.ingestion.units import run_tile_unit
+
+    root = str(path.parents[2])
+    [ref] = find_slides(root).refs
+    [unit] = [u for u in plan_slide(ref, IngestOptions(source=root, lake=str(scratch))).units
+              if isinstance(u, TileUnit)]
+
+    def run(threads: int, budget: int) -> Callable[[], object]:
+        def go() -> object:
+            shutil.rmtree(scratch, ignore_errors=True)
+            result = run_tile_unit(dataclasses.replace(unit, threads=threads, budget=budget), str(scratch), "bench")
+            assert result.rows == len(unit.spots), result
+            return result
+        return go
+
+    return {f"tiles {how}, {threads} thread{'s' * (threads > 1)}": run(threads, budget)
+            for how, budget in (("whole", unit.budget), ("streamed", 128 << 20)) for threads in (1, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/stlake_bench/png")
@@ -106,10 +137,29 @@ def main() -> int:
         print(f"  {name:30s} {statistics.median(times[name]):6.2f} CPU-s  "
               f"{statistics.median(ratios[name]):5.2f}x floor  "
               f"(rounds {', '.join(f'{r:.2f}' for r in ratios[name])})")
+    tiles = tile_runs(path, Path(args.data) / "tiles_lake")
+    walls: dict[str, list[float]] = {name: [] for name in tiles}
+    cpus: dict[str, list[float]] = {name: [] for name in tiles}
+    for _ in range(args.rounds):
+        for name, run in tiles.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+    print("tile unit, wall / CPU seconds (median), wall ratio 2 threads / 1 per round:")
+    for name in tiles:
+        print(f"  {name:30s} {statistics.median(walls[name]):6.2f} s  {statistics.median(cpus[name]):6.2f} CPU-s")
+    speedups = {}
+    for how in ("whole", "streamed"):
+        one, two = walls[f"tiles {how}, 1 thread"], walls[f"tiles {how}, 2 threads"]
+        speedups[how] = [b / a for a, b in zip(one, two)]
+        print(f"  {how}: 2 / 1 thread wall {statistics.median(speedups[how]):.2f} "
+              f"(rounds {', '.join(f'{r:.2f}' for r in speedups[how])})")
     out = HERE / "results" / "png.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"file": str(path), "width": width, "height": height, "bytes": path.stat().st_size,
-                               "seconds": times, "ratio_to_floor": ratios}, indent=2))
+                               "seconds": times, "ratio_to_floor": ratios, "tile_unit_wall_s": walls,
+                               "tile_unit_cpu_s": cpus, "tile_unit_wall_2_over_1": speedups}, indent=2))
     return 0
 
 

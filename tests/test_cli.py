@@ -36,8 +36,8 @@ def test_every_ingest_option_has_a_flag_with_help():
 def test_ingest_flags_parse_into_options():
     options = parse_ingest("--lake", "s3://b/l", "--resize", "224", "--border", "drop", "--memory-budget", "512M",
                            "--expr-chunk", "1G", "--bin-size", "16", "--all-spots", "--layout", "st",
-                           "--layout", "visium")
-    assert (options.lake, options.resize_px, options.border) == ("s3://b/l", 224, "drop")
+                           "--layout", "visium", "--tile-threads", "3")
+    assert (options.lake, options.resize_px, options.border, options.tile_threads) == ("s3://b/l", 224, "drop", 3)
     assert (options.memory_budget, options.expr_chunk_bytes) == (512 << 20, 1 << 30)
     assert (options.bin_size_um, options.in_tissue_only, options.layouts) == (16, False, ("st", "visium"))
     with pytest.raises(SystemExit):

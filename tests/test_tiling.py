@@ -279,3 +279,45 @@ def test_streamed_png_with_large_tiles_holds_the_budget(tmp_path):
         assert reader.peak_decoded_bytes <= tiling.decode_budget(budget)
     assert count == 200 and memory.peak <= tiling.tile_budget(budget)
     assert reader.peak_decoded_bytes + memory.peak <= budget
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 2 << 20])  # decoded whole; streamed in bands
+def test_tiles_cut_on_threads_are_the_same_batches(tmp_path, budget):
+    """Threads cut ahead but hand back the same tiles in the same batches, within the tile budget."""
+    h, w = 700, 900
+    path = write(tmp_path / "s.png", cv2.GaussianBlur(coord_image(h, w), (0, 0), 1), "png")
+    x, y = spots(h, w, 300, seed=5)
+    spec = TileSpec(40, encoding="jpeg")
+    runs = {}
+    for threads in (1, 3):
+        memory = tiling.TileMemory()
+        limit = 50_000  # many batches
+        with images.open_region_reader(path, tiling.decode_budget(budget)) as reader:
+            assert reader.streaming == (budget < 1 << 30)
+            batches, _ = tiling.tile_batches(reader, x, y, spec, budget, limit, memory, threads)
+            runs[threads] = []
+            for batch in batches:
+                memory.writing()
+                runs[threads].append([(t.index, t.data, t.tissue_fraction, t.pixel_std, t.padded) for t in batch])
+            assert getattr(reader, "restarts", 0) == 0
+        assert memory.peak <= tiling.HELD_COPIES * limit + tiling.in_flight_bytes(spec, threads), threads
+    assert len(runs[1]) > 3 and runs[3] == runs[1]
+
+
+def test_threads_fit_the_tile_budget():
+    spec = TileSpec(200, resize_px=224)
+    assert tiling.in_flight_bytes(spec, 1) == tiling.tile_work_bytes(spec)
+    assert tiling.in_flight_bytes(spec, 2) > 2 * tiling.tile_work_bytes(spec)
+    assert tiling.fitting_threads(spec, 1 << 30, 4) == 4
+    small = 2 * (3 * tiling.tile_work_bytes(spec) + tiling.HELD_COPIES * tiling.encoded_bound(spec))
+    assert tiling.fitting_threads(spec, small, 4) == 1  # four threads' buffers would not fit: one
+    assert tiling.batch_bytes(spec, small, 1) >= tiling.encoded_bound(spec)
+
+
+def test_tissue_fractions_of_stacked_squares_are_each_squares():
+    rng = np.random.default_rng(7)
+    squares = [rng.integers(0, 256, (23, 23, 3), dtype=np.uint8) for _ in range(5)]
+    squares += [np.full((23, 23, 3), 255, np.uint8), cv2.GaussianBlur(coord_image(23, 23), (0, 0), 1)]
+    expected = [tiling.tissue_fraction(square, 30) for square in squares]
+    assert tiling.tissue_fractions(squares, 30) == expected and 0 in expected
+    assert tiling.tissue_fractions(squares[:1], 30) == expected[:1]

@@ -48,9 +48,13 @@ def one_band_plan(n: int, max_spots: int) -> tuple[plan.SlidePlan, IngestOptions
 
 
 def test_a_crowded_band_is_split_into_column_runs():
-    slide, _ = one_band_plan(50, 20)
+    slide, options = one_band_plan(50, 20)
     groups = [unit.spots.x for unit in slide.units if isinstance(unit, plan.TileUnit)]
     assert [len(g) for g in groups] == [20, 20, 10]
+    assert {unit.threads for unit in slide.units if isinstance(unit, plan.TileUnit)} == {1}  # tasks, not threads
+    png = dataclasses.replace(slide.image, format="png", random_access=False)
+    [whole] = plan.tile_units(slide.record, png, Resolution.level0(20, (png.width, png.height)), options)
+    assert len(whole.spots) == 50 and whole.threads == options.tile_threads == 2
     assert all(a.max() < b.min() for a, b in zip(groups, groups[1:]))  # left to right, not interleaved
 
 
@@ -137,15 +141,16 @@ def test_a_multi_file_write_that_fails_partway_leaves_no_files(tmp_path, monkeyp
     assert len(calls) == 2 and lake_files(lake) == []
 
 
-def textured_tile_unit(tmp_path, budget: int, n: int = 60, size: int = 64) -> plan.TileUnit:
-    """A tile unit of ``n`` spots on a noisy 300 x 400 PNG (PNG tiles: about their raw size)."""
+def textured_tile_unit(tmp_path, budget: int, n: int = 60, size: int = 64, h: int = 300,
+                       w: int = 400) -> plan.TileUnit:
+    """A tile unit of ``n`` spots on a noisy ``h`` x ``w`` PNG (PNG tiles: about their raw size)."""
     import cv2
 
     image = tmp_path / "noise.png"
-    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8))
     rng = np.random.default_rng(2)
-    spots = make_spots(np.array([f"s{i}" for i in range(n)], dtype=object), rng.uniform(0, 400, n),
-                       rng.uniform(0, 300, n))
+    spots = make_spots(np.array([f"s{i}" for i in range(n)], dtype=object), rng.uniform(0, w, n),
+                       rng.uniform(0, h, n))
     return plan.TileUnit("slide", "Visium", str(image), spots, tiling.TileSpec(size_px=size, encoding="png"),
                          budget, (), 0)
 
@@ -163,6 +168,21 @@ def test_a_tile_unit_writes_batches_within_its_budget(tmp_path):
     assert tight.peak_decoded_bytes <= tiling.decode_budget(budget)
     rows = [tables.read_table(str(tmp_path / lake), "spots").sort_by("spot_id").drop(["run_id"])
             for lake in ("tight", "free")]
+    assert rows[0].equals(rows[1])
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 2 << 20])  # decoded whole; streamed (1.44 MB decoded > 1 MiB)
+def test_a_tile_unit_on_threads_writes_the_same_rows(tmp_path, budget):
+    from stlake.lake import tables
+
+    rows, results = [], []
+    for threads in (1, 2):
+        unit = dataclasses.replace(textured_tile_unit(tmp_path, budget, n=200, size=16, h=600, w=800), threads=threads)
+        assert tiling.fitting_threads(unit.spec, budget, threads) == threads
+        results.append(units.run_unit(unit, str(tmp_path / f"t{threads}"), "run"))
+        rows.append(tables.read_table(str(tmp_path / f"t{threads}"), "spots").sort_by("spot_id").drop(["run_id"]))
+    assert all(r.error is None and r.rows == 200 and r.peak_tile_bytes <= tiling.tile_budget(budget) for r in results)
+    assert all(r.peak_decoded_bytes <= tiling.decode_budget(budget) for r in results)
     assert rows[0].equals(rows[1])
 
 

@@ -54,6 +54,8 @@ class IngestOptions:
     expr_chunk_bytes: int = option(64 << 20, "dense-CSV byte range per expression task, e.g. 64M",
                                    flag="--expr-chunk", kind="size")
     max_spots_per_task: int = option(20_000, "split a slide's tiles into tasks of at most this many spots")
+    tile_threads: int = option(2, "threads that cut and encode the tiles of a PNG or JPEG (one task: one "
+                                  "sequential decode)")
     bin_size_um: BinSize = option(8, "VisiumHD bin size in µm", flag="--bin-size")
     in_tissue_only: bool = option(True, "keep spots outside the tissue too", flag="--all-spots", kind="negated")
     require_expression: bool = option(False, "reject a slide when any of its spots has no expression row "
@@ -73,6 +75,8 @@ class IngestOptions:
         if self.resize_px and (self.target_mpp or self.preset):
             raise RunError("--resize cannot be combined with --target-mpp or --preset: the stored tile side is "
                            "--tile-px (or --tile-um / target)")
+        if self.tile_threads < 1:
+            raise RunError(f"--tile-threads must be at least 1, not {self.tile_threads}")
         for name, value in (("--target-mpp", self.target_mpp), ("--max-upsample", self.max_upsample)):
             if value is not None and not value > 0:
                 raise RunError(f"{name} must be a positive number, not {value}")

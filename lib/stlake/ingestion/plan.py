@@ -58,6 +58,7 @@ class TileUnit:
     index: int
     level: int = 0  # pyramid level read; ``spots`` stay in level-0 pixels
     downsample: tuple[float, float] = (1.0, 1.0)  # level-0 pixels per level pixel (x, y)
+    threads: int = 1  # threads cutting and encoding the tiles (an image decoded whole: ``--tile-threads``)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,11 @@ def level_info(image: images.ImageInfo, res: resolution.Resolution) -> images.Im
 
 def tile_units(record: SlideRecord, image: images.ImageInfo, res: resolution.Resolution,
                options: IngestOptions) -> list[TileUnit]:
-    """One unit per region of the level read; random-access images split into bands, sequential codecs stay whole."""
+    """One unit per region of the level read; random-access images split into bands, sequential codecs stay whole.
+
+    A sequential codec's one unit cuts its tiles on ``options.tile_threads`` threads (a random-access
+    image's units run in parallel as tasks instead).
+    """
     spec = tile_spec(res, options)
     if image.random_access:
         x, y = (resolution.to_level(v, f) for v, f in ((record.spots.x, res.downsample[0]),
@@ -174,7 +179,7 @@ def tile_units(record: SlideRecord, image: images.ImageInfo, res: resolution.Res
         groups = [np.arange(len(record.spots))]
     return [TileUnit(record.ref.slide_id, record.ref.technology, record.image_uri, record.spots.take(group),
                      spec, options.memory_budget, tuple(record.label_sets), index, res.level,
-                     res.downsample)
+                     res.downsample, 1 if image.random_access else options.tile_threads)
             for index, group in enumerate(groups) if len(group)]
 
 

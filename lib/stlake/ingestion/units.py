@@ -5,6 +5,7 @@ A unit that fails deletes every file it had already written, so a failure leaves
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -96,23 +97,26 @@ def run_tile_unit(unit: TileUnit, lake: str, run_id: str,
 
     Within the unit's budget: the image reader gets ``tiling.decode_budget``, and encoded tiles are
     written in batches of at most ``tiling.batch_bytes`` (one ``spots`` file each), so neither the tile
-    buffers nor the encoded output grow with the number of spots.
+    buffers nor the encoded output grow with the number of spots. Tiles are cut on ``unit.threads``
+    threads, fewer where their buffers would not fit the budget (``tiling.fitting_threads``).
     """
     written = WrittenFiles() if written is None else written
     tag, memory = _tag(unit, run_id), tiling.TileMemory()
     result = UnitResult(unit.slide_id, "tiles")
     x, y = resolution.to_level(unit.spots.x, unit.downsample[0]), resolution.to_level(unit.spots.y, unit.downsample[1])
     with images.open_region_reader(unit.image_uri, tiling.decode_budget(unit.budget), unit.level) as reader:
+        threads = tiling.fitting_threads(unit.spec, unit.budget, unit.threads)
         batches, dropped = tiling.tile_batches(reader, x, y, unit.spec, unit.budget,
-                                               tiling.batch_bytes(unit.spec, unit.budget), memory)
-        for number, tiles in enumerate(batches):
-            memory.writing()
-            result.files += written.write(lake, "spots", spot_rows(unit, tiles, run_id),
-                                          tag if number == 0 else f"{tag}-b{number:04d}")
-            result.rows += len(tiles)
-            result.padded_spots += sum(tile.padded for tile in tiles)
-            result.uniform_tiles += sum(tile.uniform for tile in tiles)
-            del tiles  # written: not held while the next batch is cut
+                                               tiling.batch_bytes(unit.spec, unit.budget, threads), memory, threads)
+        with contextlib.closing(batches):  # even on an error, its threads end before the reader closes
+            for number, tiles in enumerate(batches):
+                memory.writing()
+                result.files += written.write(lake, "spots", spot_rows(unit, tiles, run_id),
+                                              tag if number == 0 else f"{tag}-b{number:04d}")
+                result.rows += len(tiles)
+                result.padded_spots += sum(tile.padded for tile in tiles)
+                result.uniform_tiles += sum(tile.uniform for tile in tiles)
+                del tiles  # written: not held while the next batch is cut
         result.peak_decoded_bytes = reader.peak_decoded_bytes
     result.files += written.write(lake, "annotations", annotation_rows(unit, run_id), tag)
     result.dropped_spots = [str(s) for s in unit.spots.spot_id[np.asarray(dropped, dtype=np.int64)]]
