@@ -4,8 +4,9 @@ Each size is a synthetic VisiumHD slide (``stlake synth --hd-bins N``: N x N 8-Â
 bins) ingested at ``--bin-size 2`` in a fresh child process (Spark ``local[2]``, one warm-up ingest of
 a tiny slide first, so JVM and worker start-up are not counted). The 160k size runs twice (before and
 after the largest) to show the machine's noise. Per size: pairs landed, wall seconds, CPU seconds of
-the whole process tree (driver, JVM, Python workers) per pair, the peak RSS of the driver, the JVM, one
-Python worker and the whole tree, and the pickled size of the largest tile and expression unit.
+the whole process tree (driver, JVM, Python workers) per pair, the peak RSS of the driver (sampled, and
+its VmHWM), the JVM, one Python worker and the whole tree, and the pickled size of the largest tile and
+expression unit.
 
     PYTHONPATH=lib .venv/bin/python bench/bench_visiumhd.py            # ~15 min on 2 busy cores
     PYTHONPATH=lib .venv/bin/python bench/bench_visiumhd.py --quick    # 40k and 160k only
@@ -61,7 +62,7 @@ def unit_bytes(manifest: str) -> dict[str, int]:
 
 def child(root: str, warm_root: str, lake: str) -> dict:
     """One timed ingest at 2 Âµm in this fresh process, after a warm-up ingest."""
-    from procstats import TreeSampler
+    from procstats import TreeSampler, proc_status, reset_peak
     from stlake.ingestion.driver import ingest
     from stlake.ingestion.options import IngestOptions
     from stlake.lake import tables
@@ -73,10 +74,12 @@ def child(root: str, warm_root: str, lake: str) -> dict:
     ingest(spark, IngestOptions(source=os.path.join(warm_root, "manifest.csv"), lake=lake + "-warm",
                                 bin_size_um=8))
     sampler.reset()
+    reset_peak()  # the driver's VmHWM from here on
     before = sampler.cpu_seconds()
     started = time.perf_counter()
     report = ingest(spark, IngestOptions(source=os.path.join(root, "manifest.csv"), lake=lake, bin_size_um=BIN_UM))
     wall = time.perf_counter() - started
+    driver_hwm = proc_status()["VmHWM"]
     cpu = sampler.cpu_seen_by_kind(before)  # processes that ended during the run count too
     window = sampler.window()
     sampler.stop()
@@ -86,7 +89,7 @@ def child(root: str, warm_root: str, lake: str) -> dict:
     bins = len(tables.read_table(lake, "spots", columns=["spot_id"]))
     return {"pairs": pairs, "bins_landed": bins, "wall_s": wall, "cpu_s": sum(cpu.values()), "cpu_by_kind": cpu,
             "tasks": report.tasks, "unit_seconds": report.unit_seconds,
-            "peak_decoded_bytes": max(report.peak_decoded_bytes.values()), **window}
+            "peak_decoded_bytes": max(report.peak_decoded_bytes.values()), "driver_vmhwm": driver_hwm, **window}
 
 
 def main() -> int:
@@ -120,7 +123,8 @@ def main() -> int:
         peaks = result["peak_by_kind"]
         print(f"{label:>10s}: {result['pairs']:>9,} pairs  {result['wall_s']:7.1f} s  "
               f"{result['cpu_ms_per_pair']:.3f} CPU-ms/pair  {result['wall_ms_per_pair']:.3f} wall-ms/pair  "
-              f"driver {peaks.get('driver', 0) / 2**20:.0f} MiB  jvm {peaks.get('jvm', 0) / 2**20:.0f} MiB  "
+              f"driver {peaks.get('driver', 0) / 2**20:.0f} MiB (VmHWM {result['driver_vmhwm'] / 2**20:.0f})  "
+              f"jvm {peaks.get('jvm', 0) / 2**20:.0f} MiB  "
               f"worker {peaks.get('python worker', 0) / 2**20:.0f} MiB  tree {result['max_tree_rss'] / 2**20:.0f} MiB  "
               f"units {result['unit_bytes']}", flush=True)
     base = [r for r in rows if r["label"].startswith("160k")]

@@ -375,3 +375,16 @@ def test_text_chunks_carry_the_slides_ids_compressed(tmp_path):
     assert isinstance(ids, ex.SlideIds) and not ids.covered and len(pickle.dumps(ids)) < 20_000
     batch = next(ex.read_chunk(src, plan, plan.chunks[0]))
     assert ids.keep(batch.spot_ids, 0).sum() == min(len(batch), 4096) // 2
+
+
+def test_chunks_cap_their_rows_and_masks_stay_small(tmp_path, monkeypatch):
+    """A chunk holds at most ``MAX_CHUNK_ROWS`` barcodes however sparse; a mask of kept rows compresses."""
+    monkeypatch.setattr(tenx_h5, "MAX_CHUNK_ROWS", 25)
+    src = ExpressionSource("tenx_h5", write_h5(tmp_path / "m.h5", barcode_frame(60, 5)))
+    plan = ex.plan_expression(src, 1 << 30)
+    assert [(c.start, c.stop) for c in plan.chunks] == [(0, 25), (25, 50), (50, 60)]
+    mask = ex.RowMask.of(np.ones(1_600_000, dtype=bool))  # a filtered 2 µm matrix: every row is a spot
+    assert len(pickle.dumps(mask)) < 2_000 and mask.keep(np.zeros(10, dtype=object), 1_599_990).all()
+    sparse = np.zeros(1_000, dtype=bool)
+    sparse[::7] = True
+    assert (ex.RowMask.of(sparse).keep(np.zeros(1_000, dtype=object), 0) == sparse).all()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -260,3 +261,42 @@ def test_an_unexpected_error_names_type_and_place_but_not_its_message(tmp_path, 
     result = units.run_unit(unit, str(tmp_path / "lake"), "r")
     assert result.error.reason == "internal_error" and "ValueError" in result.error.detail
     assert "SECRET" not in result.error.detail and "quoting" in result.error.detail
+
+
+def test_units_travel_packed_and_write_the_same_rows(tmp_path):
+    """A unit's spots pickle into a small Parquet buffer, decoded only when a column is used."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    unit = labelled_tile_unit(tmp_path)
+    travelled = pickle.loads(pickle.dumps(unit))
+    assert "_packed" in travelled.spots.__dict__ and len(travelled.spots) == 3  # len needs no decoding
+    assert pickle.loads(pickle.dumps(travelled)).spots.__dict__["_packed"] == travelled.spots.__dict__["_packed"]
+    written = {}
+    for name, one in (("here", unit), ("travelled", travelled)):
+        assert units.run_tile_unit(one, str(tmp_path / name), "run").error is None
+        written[name] = {table: pa.concat_tables(pq.read_table(path) for path in (tmp_path / name).rglob(
+                             f"{table}/*.parquet")).drop(["run_id"]).to_pylist() for table in ("spots", "annotations")}
+    assert len(written["here"]["spots"]) == 3 and len(written["here"]["annotations"]) == 2
+    assert written["here"] == written["travelled"]
+    assert "_packed" not in travelled.spots.__dict__
+    assert travelled.spots.annotations.tolist() == [["Tumor"], [None], ["stroma"]]
+
+
+def test_a_full_tile_unit_of_2um_bins_is_under_100_kb():
+    """20,000 VisiumHD 2 µm bins (the default cap of a tile task): ~1 MB pickled as arrays, a few KB packed."""
+    rows, cols = np.divmod(np.arange(20_000), 200)
+    ids = np.array([f"s_002um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols)], dtype=object)
+    spots = make_spots(ids, 100 + 4.0 * cols, 100 + 4.0 * rows, array_row=rows, array_col=cols)
+    spec = tiling.TileSpec(size_px=4, resize_px=None, border="pad", encoding="jpeg", quality=90)
+    unit = plan.TileUnit("slide", "Visium HD", "image.tif", spots, spec, 1 << 30, (), 0)
+    travelled = pickle.loads(pickle.dumps(unit))
+    assert len(pickle.dumps(unit)) < 100_000 and len(travelled.spots) == 20_000
+    assert (travelled.spots.spot_id == ids).all() and (travelled.spots.y == spots.y).all()
+    assert travelled.spots.array_col.dtype == np.int32 and travelled.spots.annotations is None
+
+
+def test_spots_whose_ids_are_not_text_pickle_as_arrays():
+    spots = make_spots(np.array([1, 2], dtype=object), [1.0, 2.0], [3.0, 4.0])
+    travelled = pickle.loads(pickle.dumps(spots))
+    assert "_packed" not in travelled.__dict__ and travelled.spot_id.tolist() == [1, 2]

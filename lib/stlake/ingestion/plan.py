@@ -68,7 +68,7 @@ class ExprUnit:
     slide_id: str
     technology: str
     source: ExpressionSource
-    plan: matrices.ExprPlan
+    plan: matrices.ExprPlan  # genes and chunks (``ExprPlan.for_tasks``)
     chunk: matrices.ExprChunk
     gene_ids: np.ndarray  # global gene id per source column, -1 = dropped
     rows: matrices.RowFilter  # which of the chunk's rows are the slide's spots (others are not kept)
@@ -292,7 +292,8 @@ def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[
     plan = matrices.plan_expression(record.expression, options.expr_chunk_bytes)
     gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
     rows = row_filters(record, plan, options)
-    units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, plan, chunk,
+    shipped = plan.for_tasks()  # one object shared by the units: pickled once per slide plan
+    units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, shipped, chunk,
                       gene_map.gene_ids, chunk_rows, index)
              for index, (chunk, chunk_rows) in enumerate(zip(plan.chunks, rows))]
     return units, gene_map

@@ -9,7 +9,7 @@ import gzip
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -144,7 +144,12 @@ class SlideRef:
 
 @dataclass
 class Spots:
-    """Spots of one slide as parallel numpy arrays, coordinates in pixels of the image that is tiled."""
+    """Spots of one slide as parallel numpy arrays, coordinates in pixels of the image that is tiled.
+
+    Pickled (into a task, back to the driver) as one small Parquet buffer (:func:`pack_spots`), about
+    0.5-13 bytes a spot instead of ~50; an unpickled ``Spots`` decodes it on first use of a column, so
+    the driver, which mostly needs only ``len``, holds the buffer and not the arrays.
+    """
 
     spot_id: np.ndarray  # str (object) array, unique within the slide
     x: np.ndarray  # float64, column of the spot centre
@@ -154,10 +159,12 @@ class Spots:
     array_col: np.ndarray  # int32, -1 when unknown
     label: np.ndarray  # object array of str or None: the chosen annotation set's normalised label
     #: raw labels, one column per annotation set (``SlideRecord.label_sets`` order), None where a spot has none
-    annotations: Optional[np.ndarray] = None
+    #: (a factory, not ``= None``: a class attribute would hide the field of a packed ``Spots`` from ``__getattr__``)
+    annotations: Optional[np.ndarray] = field(default_factory=lambda: None)
 
     def __len__(self) -> int:
-        return len(self.spot_id)
+        packed = self.__dict__.get("_packed")
+        return packed.n if packed is not None else len(self.spot_id)
 
     def take(self, index: np.ndarray) -> Spots:
         """The spots at ``index`` (int positions or bool mask), same order."""
@@ -169,8 +176,82 @@ class Spots:
         """``annotations`` as an (n, sets) object array (no column when there are no sets)."""
         return np.empty((len(self), 0), dtype=object) if self.annotations is None else self.annotations
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        packed = self.__dict__.get("_packed") or pack_spots(self)
+        if packed is None:  # values Arrow cannot hold as strings: plain pickle
+            return (Spots, tuple(getattr(self, name) for name in SPOT_FIELDS))
+        return (_packed_spots, (packed,))
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names
+        def __getattr__(self, name: str) -> Any:
+            """A column of a packed ``Spots``: all of them are decoded on first use (and the buffer dropped)."""
+            packed = self.__dict__.get("_packed")
+            if packed is None or name not in SPOT_FIELDS:
+                raise AttributeError(name)
+            self.__dict__.update(unpack_spots(packed))
+            del self.__dict__["_packed"]
+            return self.__dict__[name]
+
 
 SPOT_FIELDS = ("spot_id", "x", "y", "in_tissue", "array_row", "array_col", "label", "annotations")
+#: Parquet encodings of packed spots: ids share long prefixes (``s_002um_00084_00128-1``), grid
+#: positions step evenly; labels repeat (dictionary).
+_PACK_ENCODINGS = {"spot_id": "DELTA_BYTE_ARRAY", "array_row": "DELTA_BINARY_PACKED",
+                   "array_col": "DELTA_BINARY_PACKED"}
+
+
+@dataclass(frozen=True)
+class PackedSpots:
+    """``Spots`` as one zstd Parquet buffer (``n`` spots, ``sets`` annotation columns, None: no annotations)."""
+
+    data: bytes
+    n: int
+    sets: Optional[int]
+
+
+def pack_spots(spots: Spots) -> Optional[PackedSpots]:
+    """``spots`` as a Parquet buffer; None when a text column holds values that are not strings."""
+    import pyarrow.parquet as pq
+
+    columns = spots.label_columns()
+    try:
+        table = pa.table({"spot_id": pa.array(spots.spot_id, pa.string()), "x": spots.x, "y": spots.y,
+                          "in_tissue": spots.in_tissue, "array_row": spots.array_row, "array_col": spots.array_col,
+                          "label": pa.array(spots.label, pa.string()),
+                          **{f"set{j}": pa.array(columns[:, j], pa.string()) for j in range(columns.shape[1])}})
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", compression_level=9, write_statistics=False, store_schema=False,
+                   use_dictionary=[name for name in table.column_names if name not in _PACK_ENCODINGS
+                                   and name not in ("x", "y")],
+                   column_encoding=_PACK_ENCODINGS)
+    return PackedSpots(sink.getvalue().to_pybytes(), len(table),
+                       None if spots.annotations is None else columns.shape[1])
+
+
+def unpack_spots(packed: PackedSpots) -> dict[str, Optional[np.ndarray]]:
+    """The columns of a packed ``Spots`` as numpy arrays (text as object arrays of str or None)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(packed.data))
+    arrays: dict[str, Optional[np.ndarray]] = {name: table.column(name).to_numpy(zero_copy_only=False)
+                                               for name in table.column_names}
+    sets = [arrays.pop(f"set{j}") for j in range(packed.sets or 0)]
+    object_columns = np.empty((packed.n, len(sets)), dtype=object)
+    for j, values in enumerate(sets):
+        object_columns[:, j] = values
+    for name in ("spot_id", "label"):
+        arrays[name] = np.asarray(arrays[name], dtype=object)
+    arrays["annotations"] = None if packed.sets is None else object_columns
+    return arrays
+
+
+def _packed_spots(packed: PackedSpots) -> Spots:
+    """An unpickled ``Spots``: holds ``packed`` until a column is used."""
+    spots = object.__new__(Spots)
+    spots.__dict__["_packed"] = packed
+    return spots
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ matrices: a few arrays per batch are all the writer needs, and merging / slicing
 """
 from __future__ import annotations
 
+import dataclasses
+import pickle
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -19,6 +22,9 @@ from stlake.ingestion.records import SlideError
 MAX_BATCH_ROWS = 4096  # rows of one SparseBatch
 MAX_BATCH_NNZ = 1 << 22  # non-zeros of one SparseBatch (~32 MB of index + count arrays)
 INT32_MAX = np.iinfo(np.int32).max
+#: rows of one chunk (one task) at most: a 2 µm VisiumHD matrix of millions of sparse rows is still cut
+#: into several tasks, each with a small row mask (:mod:`.rows`)
+MAX_CHUNK_ROWS = 500_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,20 @@ class ExprPlan:
     chunks: list[ExprChunk]
     n_spots_hint: Optional[int]
     columns: Optional[np.ndarray] = None  # 10x: source feature row of each gene column (others dropped)
+
+    def for_tasks(self) -> ExprPlan:
+        """The plan as expression tasks need it: Ensembl ids and symbols (used only to key genes) left out."""
+        return dataclasses.replace(self, ensembl_ids=[None] * len(self.genes), symbols=[None] * len(self.genes))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as one zlib buffer: every expression task carries the plan, and gene names shrink ~3x."""
+        state = (self.genes, self.ensembl_ids, self.symbols, self.chunks, self.n_spots_hint, self.columns)
+        return (_unpack_plan, (zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 6),))
+
+
+def _unpack_plan(packed: bytes) -> ExprPlan:
+    """An unpickled ``ExprPlan``."""
+    return ExprPlan(*pickle.loads(zlib.decompress(packed)))
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, row_ranges
+from stlake.ingestion.matrices.batch import MAX_CHUNK_ROWS, ExprChunk, ExprPlan, SparseBatch, row_ranges
 from stlake.ingestion.matrices.errors import decode_entries
 from stlake.ingestion.matrices.format import MatrixFormat
 from stlake.ingestion.matrices.tenx import GENE_EXPRESSION, csc_batch, local_columns
@@ -134,7 +134,7 @@ def plan(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
     if n_var != len(names):
         raise SlideError("expression_unreadable", f"{src.uri}: the matrix has {n_var} columns, {frame} names "
                                                   f"{len(names)} genes")
-    rows = max(1, int(chunk_bytes // max(1.0, per_row)))
+    rows = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes // max(1.0, per_row))))
     if kind == "csc_matrix":
         rows = min(rows, max(1, int(CSC_CHUNK_ENTRIES // max(1.0, per_row / 12))))
     chunks = [ExprChunk("rows", r, min(r + rows, n_obs)) for r in range(0, n_obs, rows)]

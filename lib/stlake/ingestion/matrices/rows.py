@@ -34,7 +34,10 @@ def _preview(ids: pd.Index, limit: int = 5) -> str:
 
 @dataclass(frozen=True)
 class RowMask:
-    """One bit per row of the chunk, in row order: kept rows are the slide's spots."""
+    """One bit per row of the chunk, in row order, zlib-compressed: kept rows are the slide's spots.
+
+    A filtered matrix keeps (nearly) all its rows, so the mask compresses to a few bytes.
+    """
 
     bits: bytes
     n_rows: int
@@ -43,14 +46,14 @@ class RowMask:
     @classmethod
     def of(cls, keep: np.ndarray) -> RowMask:
         """The mask of a boolean array."""
-        return cls(np.packbits(keep).tobytes(), len(keep))
+        return cls(zlib.compress(np.packbits(keep).tobytes(), 6), len(keep))
 
     def keep(self, ids: np.ndarray, offset: int) -> np.ndarray:
         """Rows ``offset .. offset + len(ids)`` of the chunk that are the slide's."""
         if offset + len(ids) > self.n_rows:
             raise SlideError("expression_unreadable", f"a chunk has more than the {self.n_rows} rows it was planned "
                                                       "with (the matrix changed during the run?)")
-        bits = np.unpackbits(np.frombuffer(self.bits, np.uint8), count=self.n_rows)
+        bits = np.unpackbits(np.frombuffer(zlib.decompress(self.bits), np.uint8), count=self.n_rows)
         return bits[offset:offset + len(ids)].astype(bool)
 
 

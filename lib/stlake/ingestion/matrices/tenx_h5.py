@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import numpy as np
 
-from stlake.ingestion.matrices.batch import ExprChunk, ExprPlan, SparseBatch, row_ranges
+from stlake.ingestion.matrices.batch import MAX_CHUNK_ROWS, ExprChunk, ExprPlan, SparseBatch, row_ranges
 from stlake.ingestion.matrices.errors import decode_entries
 from stlake.ingestion.matrices.format import MatrixFormat
 from stlake.ingestion.matrices.tenx import GENE_EXPRESSION, csc_batch, gene_plan, local_columns
@@ -138,7 +138,10 @@ def _h5_features(group: Any, uri: str) -> tuple[list[str], list[str], list[str]]
 
 
 def plan(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
-    """Features and barcode count; chunks of barcodes holding about ``chunk_bytes`` of indices + data."""
+    """Features and barcode count; chunks of barcodes holding about ``chunk_bytes`` of indices + data.
+
+    A chunk holds at most ``MAX_CHUNK_ROWS`` barcodes.
+    """
     with _open_h5(src.uri) as handle:
         group = _h5_group(handle, src.uri)
         n_features, n_barcodes, nnz = _check_csc(group, src.uri)
@@ -147,7 +150,7 @@ def plan(src: ExpressionSource, chunk_bytes: int) -> ExprPlan:
     if n_features != len(ids) or len(names) != len(ids) or len(types) != len(ids):
         raise SlideError("expression_unreadable", f"{src.uri}: shape says {n_features} features, found {len(ids)} "
                                                   f"ids, {len(names)} names and {len(types)} types")
-    per_chunk = max(1, int(chunk_bytes // max(1.0, nnz / max(1, n_barcodes) * entry)))
+    per_chunk = max(1, min(MAX_CHUNK_ROWS, int(chunk_bytes // max(1.0, nnz / max(1, n_barcodes) * entry))))
     chunks = [ExprChunk("barcodes", b, min(b + per_chunk, n_barcodes)) for b in range(0, n_barcodes, per_chunk)]
     genes, ensembl, symbols, rows = gene_plan(ids, names, types)
     return ExprPlan(genes, ensembl, symbols, chunks, n_barcodes, columns=rows)
