@@ -184,10 +184,9 @@ def spark_session(app_name: str = "stlake", master: Optional[str] = None,
         builder = builder.config("spark.driver.memory", os.environ.get("STLAKE_DRIVER_MEMORY", "4g"))
         builder = builder.config("spark.ui.enabled", os.environ.get("STLAKE_SPARK_UI", "false"))
     retries = task_retry_conf(chosen, [*submitted, *(conf or {})])
-    started = {**submitted, **(conf or {})}
-    started.update(start_options_conf(started, workload))
-    quiet = quiet_logging_conf(started)
-    for key, value in {**LOCAL_DEFAULTS, **retries, **started, **quiet}.items():
+    given = {**(conf or {}), **start_options_conf({**submitted, **(conf or {})}, workload)}
+    quiet = quiet_logging_conf({**submitted, **given})
+    for key, value in {**LOCAL_DEFAULTS, **retries, **given, **quiet}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(spark_log_level() or "WARN")
