@@ -13,6 +13,9 @@ interleaved over ``--rounds`` rounds in this one run, each path in its own child
 - *stlake CLI*: ``stlake ingest --source ROOT --lake LAKE`` as a user runs it, Spark ``local[2]`` (JVM
   start-up included); its report's ``seconds`` is the ingest without the session's start;
 - *serial*: the CLI's stage-1 plans and stage-2 units one after another in one process, no Spark;
+- *two processes*: the same units split over two plain processes running at once (stage 1 first, then
+  the units dealt longest first to the less loaded process), no Spark: what this machine gives two
+  processes, which separates Spark's own cost from the machine's parallel scaling;
 - *one slide*: the CLI and serial runs on the smallest slide alone, which gives the fixed cost of a job
   (CLI minus serial) and the marginal cost of a slide (the full batch minus one slide); and the CLI
   once more with Spark's own driver JVM options (``STLAKE_JVM_START=off``: no class archive, full JIT).
@@ -20,7 +23,8 @@ interleaved over ``--rounds`` rounds in this one run, each path in its own child
 Reported per path: pairs/s per core (pairs / wall / cores: 1 for release and serial, 2 for the CLI),
 CPU-ms per pair and the peak RSS of the whole process tree (driver, JVM, PySpark daemon and workers,
 polled with psutil). Spark efficiency per core: serial wall / (ingest wall x 2), and by CPU: serial CPU /
-CLI CPU, of the whole batch and of its marginal slides (the one-slide job subtracted from both).
+CLI CPU, of the whole batch and of its marginal slides (the one-slide job subtracted from both); the same
+for the two plain processes, and the Spark ingest's speed against theirs.
 
     PYTHONPATH=lib .venv/bin/python bench/bench_corpus.py    # ~25 min on 2 cores (+ ~12 min generation once)
 
@@ -132,6 +136,59 @@ def serial(root: Path, lake: Path) -> dict:
     return {"pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
 
 
+def plan_halves(root: Path, out: Path) -> dict:
+    """Stage 1 of every slide, its units split into ``CORES`` bins of equal estimated cost, pickled to ``out``."""
+    import pickle
+
+    from stlake.ingestion.discover import find_slides
+    from stlake.ingestion.options import IngestOptions
+    from stlake.ingestion.plan import fill_cores, longest_first, plan_slide, unit_cost
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    options = IngestOptions(source=str(root), lake=str(out / "lake"))
+    plans = [plan_slide(ref, options) for ref in find_slides(str(root)).refs]
+    fill_cores(plans, CORES)
+    images = {plan.ref.slide_id: plan.image for plan in plans}
+    bins: list[list] = [[] for _ in range(CORES)]
+    loads = [0.0] * CORES
+    for unit in longest_first(plans):  # greedy: the next longest unit to the least loaded process
+        k = loads.index(min(loads))
+        bins[k].append(unit)
+        loads[k] += unit_cost(unit, images[unit.slide_id])
+    for k, units in enumerate(bins):
+        (out / f"units-{k}.pkl").write_bytes(pickle.dumps(units))
+    return {"units": sum(len(b) for b in bins)}
+
+
+def run_units_file(units_file: Path, lake: Path) -> dict:
+    """The pickled units of one process, one after another."""
+    import pickle
+
+    from stlake.ingestion.units import run_unit
+
+    results = [run_unit(unit, str(lake), "processes") for unit in pickle.loads(units_file.read_bytes())]
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"units failed: {errors}")
+    return {"pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
+
+
+def processes(root: Path, out: Path) -> dict:
+    """The units split over ``CORES`` plain processes running at once (no Spark): what the machine gives two.
+
+    Stage 1 runs first in one process; its wall and CPU are added to the processes' (wall: the slowest).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    planned = run_part("plan-halves", root, out)
+    with ThreadPoolExecutor(CORES) as pool:
+        halves = list(pool.map(lambda k: run_part("units", out / f"units-{k}.pkl", out / "lake"), range(CORES)))
+    return {"pairs": sum(h["pairs"] for h in halves), "wall_s": planned["wall_s"] + max(h["wall_s"] for h in halves),
+            "cpu_s": planned["cpu_s"] + sum(h["cpu_s"] for h in halves),
+            "peak_tree_rss": sum(h["peak_tree_rss"] for h in halves), "process_walls": [h["wall_s"] for h in halves]}
+
+
 def run_part(part: str, root: Path, out: Path) -> dict:
     """``release`` or ``serial`` in a child process: its result plus wall, CPU and peak RSS of the tree."""
     measured = run_tree([sys.executable, __file__, "--part", part, str(root), str(out)])
@@ -162,7 +219,7 @@ def per_core(path: dict, cores: int, wall: str = "wall_s") -> float:
     return path["pairs"] / path[wall] / cores
 
 
-def ratios(rel: dict, cli: dict, ser: dict, one_cli: dict, one_ser: dict) -> dict:
+def ratios(rel: dict, cli: dict, ser: dict, one_cli: dict, one_ser: dict, procs: dict) -> dict:
     """The round's ratios (see the module docstring)."""
     marginal_cli = cli["cpu_s"] - one_cli["cpu_s"]
     marginal_ser = ser["cpu_s"] - one_ser["cpu_s"]
@@ -174,6 +231,9 @@ def ratios(rel: dict, cli: dict, ser: dict, one_cli: dict, one_ser: dict) -> dic
         "spark_efficiency_cpu": ser["cpu_s"] / cli["cpu_s"],
         "spark_efficiency_cpu_marginal": marginal_ser / marginal_cli,
         "fixed_cpu_s": one_cli["cpu_s"] - one_ser["cpu_s"],
+        "processes_efficiency": ser["wall_s"] / (procs["wall_s"] * CORES),
+        "processes_cpu_ratio": procs["cpu_s"] / ser["cpu_s"],
+        "spark_vs_processes": procs["wall_s"] / cli["ingest_s"],
     }
 
 
@@ -193,7 +253,9 @@ def round_line(number: int, row: dict) -> str:
             f"{per_core(ser, 1):.0f} pairs/s ({1000 * ser['cpu_s'] / ser['pairs']:.2f} CPU-ms/pair) | CLI/release "
             f"{row['ratio_pairs_per_core']:.2f}x (warm {row['ratio_pairs_per_core_warm']:.2f}x), Spark efficiency "
             f"{row['spark_efficiency']:.2f} (CPU {row['spark_efficiency_cpu']:.2f}, marginal "
-            f"{row['spark_efficiency_cpu_marginal']:.2f}), fixed {row['fixed_cpu_s']:.1f} CPU-s per job | one-slide "
+            f"{row['spark_efficiency_cpu_marginal']:.2f}), fixed {row['fixed_cpu_s']:.1f} CPU-s per job | two plain "
+            f"processes: efficiency {row['processes_efficiency']:.2f}, {row['processes_cpu_ratio']:.2f}x serial's CPU; "
+            f"Spark ingest {row['spark_vs_processes']:.2f}x their speed | one-slide "
             f"job with Spark's own JVM options: {row['jvm_start_cpu_ratio']:.2f}x the CPU (JVM "
             f"{row['jvm_start_jvm_cpu_ratio']:.2f}x), {row['jvm_start_wall_ratio']:.2f}x the wall")
 
@@ -211,7 +273,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.part:
         part, root_arg, out_arg = args.part
-        work = {"release": release, "serial": serial}[part]
+        work = {"release": release, "serial": serial, "plan-halves": plan_halves, "units": run_units_file}[part]
         print(json.dumps(work(Path(root_arg), Path(out_arg))))
         return 0
     data = Path(args.data)
@@ -224,11 +286,12 @@ def main() -> int:
         row = {"release": run_part("release", root, data / "release_out"),
                "stlake_cli": stlake_cli(root, data / "lake"),
                "serial": run_part("serial", root, data / "serial_lake"),
+               "processes": processes(root, data / "processes"),
                "one_slide_cli": stlake_cli(one, data / "lake_one"),
                "one_slide_serial": run_part("serial", one, data / "serial_lake_one"),
                "one_slide_cli_spark_jvm_options": stlake_cli(one, data / "lake_one", jvm_start=False)}
         row.update(ratios(row["release"], row["stlake_cli"], row["serial"], row["one_slide_cli"],
-                          row["one_slide_serial"]))
+                          row["one_slide_serial"], row["processes"]))
         row.update(start_ratios(row["one_slide_cli"], row["one_slide_cli_spark_jvm_options"]))
         rounds.append(row)
         write(root, args, rounds)

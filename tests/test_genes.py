@@ -160,3 +160,26 @@ def test_symbol_pairs_skip_ambiguous_ids_and_keep_a_slide_s_own_symbol_column():
     mixed = genes.harmonise(["TP53", "ENSG00000141510"], [None, None], [None, None], "human")
     rekeyed = genes.rekey_by_symbol(mixed.rows, genes.symbol_pairs([a.rows]))
     assert rekeyed.new_ids == {} and [r for r, _ in rekeyed.remarks] == ["gene_collision"]
+
+
+def test_gene_ids_travel_as_keys_and_hash_back_exactly():
+    """Versioned ids, a case collision keyed by its id, a dropped empty name and 10x symbols all round-trip."""
+    csv_names = ["ACTB", "ENSG00000141510.12", "actb", "", "Gapdh"] + [f"GENE{i:05d}" for i in range(3000)]
+    csv = genes.harmonise(csv_names, [None] * len(csv_names), [None] * len(csv_names), "Homo sapiens")
+    tenx_ids, tenx_symbols = ["ENSG00000075624", "ENSG00000111640", "ENSG00000999999"], ["ACTB", "GAPDH", "ACTB"]
+    tenx = genes.harmonise(tenx_ids, tenx_ids, tenx_symbols, "human")
+    for names, gene_map in ((csv_names, csv), (tenx_ids, tenx)):
+        packed = genes.pack_gene_ids(gene_map.gene_ids, "human", names, gene_map.rows)
+        assert packed is not None
+        assert np.array_equal(genes.unpack_gene_ids("human", names, packed), gene_map.gene_ids)
+    assert (csv.gene_ids == -1).sum() >= 1  # the empty name (and the dropped case duplicate) stay dropped
+    packed = genes.pack_gene_ids(csv.gene_ids, "human", csv_names, csv.rows)
+    assert len(packed) < csv.gene_ids.nbytes / 50  # names that are their own keys travel as empty entries
+
+
+def test_gene_ids_that_their_keys_do_not_give_back_are_not_packed():
+    names = ["ACTB", "TP53"]
+    gene_map = genes.harmonise(names, [None, None], [None, None], "human")
+    assert genes.pack_gene_ids(gene_map.gene_ids, "mouse", names, gene_map.rows) is None  # another species' hashes
+    other = genes.harmonise(["MYC", "TP53"], [None, None], [None, None], "human")
+    assert genes.pack_gene_ids(gene_map.gene_ids, "human", names, other.rows) is None  # a key not in the rows

@@ -300,3 +300,22 @@ def test_spots_whose_ids_are_not_text_pickle_as_arrays():
     spots = make_spots(np.array([1, 2], dtype=object), [1.0, 2.0], [3.0, 4.0])
     travelled = pickle.loads(pickle.dumps(spots))
     assert "_packed" not in travelled.__dict__ and travelled.spot_id.tolist() == [1, 2]
+
+
+def test_an_expression_unit_carries_its_gene_ids_as_keys_and_hashes_them_back_in_the_task(tmp_path):
+    import pickle
+
+    matrix = tmp_path / "counts.csv"
+    names = [f"GENE{i:05d}" for i in range(5000)]
+    matrix.write_text("," + ",".join(names) + "\n" + "s1," + ",".join(["1"] * len(names)) + "\n")
+    spots = make_spots(np.array(["s1"], dtype=object), np.array([10.0]), np.array([10.0]))
+    ref = SlideRef("slide", "stimage", "Visium", {}, species="human")
+    record = SlideRecord(ref, "image.png", spots, 5.0, ExpressionSource("dense_csv", str(matrix), {"sep": ","}))
+    unit, = plan.expression_units(record, IngestOptions(source="", lake=""))[0]
+    assert unit.gene_keys is not None
+    shipped = pickle.loads(pickle.dumps(unit))
+    assert len(pickle.dumps(unit)) < unit.gene_ids.nbytes / 2
+    assert "gene_ids" not in shipped.__dict__  # hashed back only when the task uses them
+    assert np.array_equal(shipped.gene_ids, unit.gene_ids)
+    result = units.run_expression_unit(shipped, str(tmp_path / "lake"), "run")
+    assert result.rows == 1 and sorted(result.detected_gene_ids.tolist()) == sorted(unit.gene_ids.tolist())

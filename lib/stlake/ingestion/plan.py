@@ -11,7 +11,7 @@ import logging
 import math
 import traceback
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +73,34 @@ class ExprUnit:
     gene_ids: np.ndarray  # global gene id per source column, -1 = dropped
     rows: matrices.RowFilter  # which of the chunk's rows are the slide's spots (others are not kept)
     index: int
+    species: str = genes.UNKNOWN_SPECIES  # the slide's (normalised): a gene id hashes (species, key)
+    gene_keys: Optional[bytes] = None  # ``gene_ids`` as keys (:func:`stlake.lake.genes.pack_gene_ids`)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled without ``gene_ids`` when ``gene_keys`` holds them (~1 byte a column instead of 8).
+
+        An unpickled unit hashes its ids back on first use of ``gene_ids`` (the task; the driver only
+        when it re-keys the slide's genes).
+        """
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name != "gene_ids" or self.gene_keys is None}
+        return (_rebuilt_expr_unit, (state,))
+
+    if not TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            if name != "gene_ids" or "gene_keys" not in self.__dict__:
+                raise AttributeError(name)
+            ids = genes.unpack_gene_ids(self.species, self.plan.genes, self.gene_keys)
+            object.__setattr__(self, "gene_ids", ids)
+            return ids
+
+
+def _rebuilt_expr_unit(state: dict[str, Any]) -> ExprUnit:
+    """An unpickled ``ExprUnit``; ``gene_ids`` left to ``__getattr__`` when they travelled as keys."""
+    unit = object.__new__(ExprUnit)
+    for name, value in state.items():
+        object.__setattr__(unit, name, value)
+    return unit
 
 
 Unit = Union[TileUnit, ExprUnit]
@@ -293,10 +321,22 @@ def expression_units(record: SlideRecord, options: IngestOptions) -> tuple[list[
     gene_map = genes.harmonise(plan.genes, plan.ensembl_ids, plan.symbols, record.ref.species)
     rows = row_filters(record, plan, options)
     shipped = plan.for_tasks()  # one object shared by the units: pickled once per slide plan
+    species = genes.normalise_species(record.ref.species)
+    keys = genes.pack_gene_ids(gene_map.gene_ids, species, plan.genes, gene_map.rows)
     units = [ExprUnit(record.ref.slide_id, record.ref.technology, record.expression, shipped, chunk,
-                      gene_map.gene_ids, chunk_rows, index)
+                      gene_map.gene_ids, chunk_rows, index, species, keys)
              for index, (chunk, chunk_rows) in enumerate(zip(plan.chunks, rows))]
     return units, gene_map
+
+
+def rekeyed_unit(unit: ExprUnit, rekeyed: genes.Rekeyed,
+                 done: dict[str, tuple[np.ndarray, Optional[bytes]]]) -> ExprUnit:
+    """``unit`` with its gene ids re-keyed; ``done`` keeps the slide's new ids for its other units."""
+    if unit.slide_id not in done:
+        ids = genes.remap_ids(unit.gene_ids, rekeyed.new_ids)
+        done[unit.slide_id] = ids, genes.pack_gene_ids(ids, unit.species, unit.plan.genes, rekeyed.rows)
+    ids, keys = done[unit.slide_id]
+    return dataclasses.replace(unit, gene_ids=ids, gene_keys=keys)
 
 
 def key_genes_by_symbol(plans: list[SlidePlan], known: Optional[pa.Table]) -> None:
@@ -312,10 +352,9 @@ def key_genes_by_symbol(plans: list[SlidePlan], known: Optional[pa.Table]) -> No
         rekeyed = genes.rekey_by_symbol(plan.gene_rows, pairs)
         plan.gene_rows = rekeyed.rows
         plan.warnings += rekeyed.remarks
-        mapped: dict[int, np.ndarray] = {}  # a slide's units share one gene_ids array: remap it once
-        plan.units = [dataclasses.replace(unit, gene_ids=mapped.setdefault(
-                          id(unit.gene_ids), genes.remap_ids(unit.gene_ids, rekeyed.new_ids)))
-                      if isinstance(unit, ExprUnit) and rekeyed.new_ids else unit for unit in plan.units]
+        done: dict[str, tuple[np.ndarray, Optional[bytes]]] = {}
+        plan.units = [rekeyed_unit(unit, rekeyed, done) if isinstance(unit, ExprUnit) and rekeyed.new_ids
+                      else unit for unit in plan.units]
 
 
 def internal_error_detail(error: Exception) -> str:
