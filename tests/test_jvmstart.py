@@ -95,13 +95,23 @@ def test_an_ingest_session_starts_its_jvm_with_the_options(cache: Path) -> None:
 def test_python_workers_start_with_the_task_modules_imported(spark) -> None:
     """The workers come from stlake's daemon, which imported the task modules before it forked them."""
     def modules_seen(batches):  # runs in a Python worker; nested, so it is pickled by value
+        import importlib
         import sys
 
         import pyarrow as pa
         for _ in batches:
-            yield pa.RecordBatch.from_pylist([{"cv2": "cv2" in sys.modules,
-                                               "units": "stlake.ingestion.units" in sys.modules}])
+            import zipimport
+            pyspark_zip = next(p for p in sys.path if p.endswith(".zip") and "pyspark" in p)
+            importer = sys.path_importer_cache.get(pyspark_zip)
+            listed = getattr(importer, "_files", None)
+            importlib.invalidate_caches()  # what PySpark's worker does before every task
+            kept = listed is not None and getattr(importer, "_files", None) is listed
+            yield pa.RecordBatch.from_pylist([{"cv2": "cv2" in sys.modules, "zip_kept": kept,
+                                               "units": "stlake.ingestion.units" in sys.modules,
+                                               "patched": isinstance(importer, zipimport.zipimporter)}])
 
     assert spark.conf.get("spark.python.daemon.module") == "stlake.workerdaemon"
-    seen = spark.range(1).mapInArrow(modules_seen, "cv2 boolean, units boolean").collect()
+    seen = spark.range(1).mapInArrow(modules_seen, "cv2 boolean, zip_kept boolean, units boolean, "
+                                                   "patched boolean").collect()
     assert seen and all(row.cv2 and row.units for row in seen)
+    assert all(row.patched and row.zip_kept for row in seen)  # pyspark.zip's listing is not re-read per task

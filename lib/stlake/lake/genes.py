@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional, TypeGuard, Union
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from stlake.lake import schemas
@@ -243,6 +244,7 @@ def symbol_pairs(tables: Sequence[Optional[pa.Table]]) -> SymbolPairs:
     for table in tables:
         if table is None or not table.num_rows:
             continue
+        table = table.filter(pc.and_(pc.is_valid(table.column("symbol")), pc.is_valid(table.column("ensembl_id"))))
         columns = (table.column(c).to_pylist() for c in ("species", "gene_key", "symbol", "ensembl_id"))
         for species, key, symbol, ensembl in zip(*columns):
             if not (symbol and ensembl) or key != symbol.strip().upper():
@@ -267,12 +269,21 @@ def _ensembl_only(row: dict) -> bool:
     return row["symbol"] is None and row["ensembl_id"] is not None and row["gene_key"] == row["ensembl_id"]
 
 
+def _has_ensembl_only(rows: pa.Table) -> bool:
+    """True when some row is :func:`_ensembl_only` (vectorised: slides have tens of thousands of genes)."""
+    ensembl = rows.column("ensembl_id")
+    mask = pc.and_(pc.is_null(rows.column("symbol")), pc.equal(rows.column("gene_key"), ensembl))
+    return bool(pc.any(pc.fill_null(mask, False)).as_py())
+
+
 def rekey_by_symbol(rows: pa.Table, pairs: SymbolPairs) -> Rekeyed:
     """Key a slide's Ensembl-only genes by the symbol ``pairs`` give them; report the others.
 
     A gene stays keyed by its id when no pair is known, or when its symbol is already a gene of the
     slide (two columns would become one gene).
     """
+    if not _has_ensembl_only(rows):  # the usual slide (named by symbol, or 10x with both): nothing to do
+        return Rekeyed({}, rows, [])
     genes = rows.to_pylist()
     taken = {row["gene_key"] for row in genes}
     new_ids: dict[int, int] = {}
