@@ -26,7 +26,14 @@ import pytest
 import corpus
 from stlake import spark as spark_module
 from stlake.lake import tables
-from stlake.spark import TASK_ATTEMPTS, choose_master, is_local_master, task_retry_conf, with_task_retries
+from stlake.spark import (
+    LOCAL_DEFAULTS,
+    TASK_ATTEMPTS,
+    choose_master,
+    is_local_master,
+    task_retry_conf,
+    with_task_retries,
+)
 
 UNIT_TABLES = ("spots", "annotations", "expression")
 # part-<token of the writer's tag>-<random>.zstd.parquet (tables.write_data_file): a retried write has the
@@ -167,9 +174,14 @@ def test_spark_submit_master_is_kept_with_retries(tmp_path):
 
 # ---------------------------------------------------------------- a Python worker killed mid-task
 
+#: PySpark's worker daemon module, and stlake's (``spark.python.daemon.module``, see stlake/workerdaemon.py).
+DAEMON_MODULES = ("pyspark.daemon", LOCAL_DEFAULTS["spark.python.daemon.module"])
+
+
 def is_daemon(process: psutil.Process) -> bool:
-    """A ``pyspark.daemon`` process, or a worker it forked (same command line)."""
-    return "pyspark.daemon" in " ".join(process.cmdline())
+    """A Python worker daemon process, or a worker it forked (same command line)."""
+    command = " ".join(process.cmdline())
+    return any(f"-m {module}" in command for module in DAEMON_MODULES)
 
 
 def python_workers(root: psutil.Process) -> list[psutil.Process]:
