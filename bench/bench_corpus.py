@@ -118,37 +118,44 @@ def release(root: Path, out: Path) -> dict:
     return {"pairs": pairs}
 
 
-def serial(root: Path, lake: Path) -> dict:
-    """The CLI's stage-1 plans and stage-2 units, one after another in this process (no Spark, no commit)."""
+def plan_all(root: Path, lake: Path) -> list:
+    """The CLI's stage 1 for every slide of ``root``, in this process, tile units split as for 2 cores."""
     from stlake.ingestion.discover import find_slides
     from stlake.ingestion.options import IngestOptions
     from stlake.ingestion.plan import fill_cores, plan_slide
-    from stlake.ingestion.units import run_unit
 
-    shutil.rmtree(lake, ignore_errors=True)
     options = IngestOptions(source=str(root), lake=str(lake))
     plans = [plan_slide(ref, options) for ref in find_slides(str(root)).refs]
     fill_cores(plans, CORES)
-    results = [run_unit(unit, str(lake), "serial") for plan in plans for unit in plan.units]
+    return plans
+
+
+def run_all(units: list, lake: Path, run_id: str) -> dict:
+    """Stage-2 ``units`` one after another in this process; raises when one fails."""
+    from stlake.ingestion.units import run_unit
+
+    results = [run_unit(unit, str(lake), run_id) for unit in units]
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"units failed: {errors}")
     return {"pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
 
 
+def serial(root: Path, lake: Path) -> dict:
+    """The CLI's stage-1 plans and stage-2 units, one after another in this process (no Spark, no commit)."""
+    shutil.rmtree(lake, ignore_errors=True)
+    return run_all([unit for plan in plan_all(root, lake) for unit in plan.units], lake, "serial")
+
+
 def plan_halves(root: Path, out: Path) -> dict:
     """Stage 1 of every slide, its units split into ``CORES`` bins of equal estimated cost, pickled to ``out``."""
     import pickle
 
-    from stlake.ingestion.discover import find_slides
-    from stlake.ingestion.options import IngestOptions
-    from stlake.ingestion.plan import fill_cores, longest_first, plan_slide, unit_cost
+    from stlake.ingestion.plan import longest_first, unit_cost
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    options = IngestOptions(source=str(root), lake=str(out / "lake"))
-    plans = [plan_slide(ref, options) for ref in find_slides(str(root)).refs]
-    fill_cores(plans, CORES)
+    plans = plan_all(root, out / "lake")
     images = {plan.ref.slide_id: plan.image for plan in plans}
     bins: list[list] = [[] for _ in range(CORES)]
     loads = [0.0] * CORES
@@ -165,13 +172,7 @@ def run_units_file(units_file: Path, lake: Path) -> dict:
     """The pickled units of one process, one after another."""
     import pickle
 
-    from stlake.ingestion.units import run_unit
-
-    results = [run_unit(unit, str(lake), "processes") for unit in pickle.loads(units_file.read_bytes())]
-    errors = [r.error for r in results if r.error]
-    if errors:
-        raise RuntimeError(f"units failed: {errors}")
-    return {"pairs": sum(r.rows for r in results if r.kind == "tiles"), "units": len(results)}
+    return run_all(pickle.loads(units_file.read_bytes()), lake, "processes")
 
 
 def processes(root: Path, out: Path) -> dict:

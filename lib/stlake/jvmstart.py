@@ -73,6 +73,11 @@ def runs(java: Path, *options: str) -> bool:
     return done.returncode == 0
 
 
+def archive_usable(java: Path, archive: Path) -> bool:
+    """True when a JVM started on ``archive`` runs: a truncated archive crashes HotSpot, so it is never used."""
+    return runs(java, f"-XX:SharedArchiveFile={archive}", *QUIET_CDS.split())
+
+
 def hotspot(java: Path, folder: Path) -> bool:
     """True when ``java`` takes the options used here (a HotSpot JVM); probed once per binary, then remembered."""
     digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}".encode()).hexdigest()[:16]
@@ -100,7 +105,7 @@ def promote_dumps(java: Path, folder: Path, key: str) -> None:
         try:
             if time.time() - dump.stat().st_mtime < DUMP_SETTLE_SECONDS:
                 continue
-            if not final.exists() and runs(java, f"-XX:SharedArchiveFile={dump}", *QUIET_CDS.split()):
+            if not final.exists() and archive_usable(java, dump):
                 os.replace(dump, final)
             else:
                 dump.unlink()
@@ -122,21 +127,31 @@ def cds_options(java: Path, folder: Path) -> str:
     return f"-XX:ArchiveClassesAtExit={folder / f'{key}.jsa.dump-{uuid.uuid4().hex[:12]}'} {QUIET_CDS}"
 
 
-def driver_java_options(workload: Workload = "query") -> str:
-    """Extra ``spark.driver.extraJavaOptions`` for a driver JVM about to be launched here ("" when off)."""
+def hotspot_and_cache() -> Optional[tuple[Path, Path]]:
+    """The HotSpot ``java`` Spark will run and the (created) archive folder; None when off or not usable."""
     java = java_binary()
     if java is None or os.environ.get(SWITCH_VARIABLE, "").lower() in ("off", "0", "false", "no"):
-        return ""
+        return None
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if not hotspot(java, folder):
-            return ""
-        options = [C1_ONLY] if workload == "ingest" else []
-        return " ".join([*options, cds_options(java, folder)]).strip()
+        return (java, folder) if hotspot(java, folder) else None
     except OSError as error:  # a read-only home: Spark's own options
         log.debug("JVM start options not used (%s): %s", folder, error)
+        return None
+
+
+def driver_java_options(workload: Workload = "query") -> str:
+    """Extra ``spark.driver.extraJavaOptions`` for a driver JVM about to be launched here ("" when off)."""
+    found = hotspot_and_cache()
+    if found is None:
         return ""
+    options = [C1_ONLY] if workload == "ingest" else []
+    try:
+        return " ".join([*options, cds_options(*found)]).strip()
+    except OSError as error:  # the folder turned unwritable: C1 alone
+        log.debug("JVM class archive not used (%s): %s", found[1], error)
+        return " ".join(options)
 
 
 #: What the builder's JVM runs: a session, a DataFrame through ``mapInArrow`` and a SQL query (their classes).
@@ -157,13 +172,10 @@ def build_archive(timeout: float = 300.0) -> Optional[Path]:
 
     Returns the archive, or None when this JVM cannot have one (not HotSpot, switched off, no home).
     """
-    java = java_binary()
-    if java is None or os.environ.get(SWITCH_VARIABLE, "").lower() in ("off", "0", "false", "no"):
+    found = hotspot_and_cache()
+    if found is None:
         return None
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    if not hotspot(java, folder):
-        return None
+    java, folder = found
     key = archive_key(java)
     final = folder / f"{key}.jsa"
     if final.exists():
@@ -175,7 +187,7 @@ def build_archive(timeout: float = 300.0) -> Optional[Path]:
     if done.returncode != 0:
         raise RuntimeError(f"the warm-up session failed:\n{done.stderr[-2000:]}")
     wait_for_exit(int(json.loads(done.stdout.strip().splitlines()[-1])["jvm_pid"]), timeout)
-    if dump.exists() and runs(java, f"-XX:SharedArchiveFile={dump}", *QUIET_CDS.split()):
+    if dump.exists() and archive_usable(java, dump):
         os.replace(dump, final)
         return final
     dump.unlink(missing_ok=True)
